@@ -1,0 +1,192 @@
+"""Every setting of the bot, read from the environment (and `.env`) once, in `main()`.
+
+One section per concern, each with its own environment prefix. Nothing reads the
+environment at import time; tests construct `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mediabot"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mediabot"
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=".env", extra="ignore", validate_default=True
+    )
+
+
+class RedisSettings(BaseSettings):
+    """Where memory lives: a Redis URL, or an embedded server with its data on disk."""
+
+    model_config = _section("REDIS_")
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="redis:// or rediss:// or unix:// URL; unset starts an embedded Redis.",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: _data_home() / "redis",
+        description="Directory of the embedded Redis's data (used only without REDIS_URL).",
+    )
+    socket_timeout: float = Field(default=2.0, gt=0, le=60)
+    connect_timeout: float = Field(default=2.0, gt=0, le=60)
+
+    _expand = field_validator("data_dir")(lambda p: p.expanduser())
+
+
+class ModelSettings(BaseSettings):
+    """Which local model generates, and where its converted weights are cached."""
+
+    model_config = _section("MODEL_")
+
+    path: Path | None = Field(
+        default=None,
+        description="A local Hugging Face model directory; unset uses the embedded SmolLM2-135M.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _cache_home() / "models",
+        description="Where the embedded model's converted bf16 weights are cached.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=512)
+
+    _expand = field_validator("cache_dir")(lambda p: p.expanduser())
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            path = path.expanduser()
+        if path is not None and not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        return path
+
+
+class GenerationSettings(BaseSettings):
+    """Sampling parameters and the size of the context window."""
+
+    model_config = _section("GENERATION_")
+
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    top_k: int = Field(default=50, ge=0)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=3.0)
+    seed: int | None = None
+    max_context_tokens: int = Field(
+        default=2048, ge=256, description="Upper bound on the prompt, whatever the model allows."
+    )
+    context_margin: int = Field(default=16, ge=0, le=1024)
+    concurrency: int = Field(default=1, ge=1, le=64, description="Generations run at once.")
+    timeout: float = Field(default=300.0, gt=0, description="Seconds a reply may take.")
+
+
+class MemorySettings(BaseSettings):
+    """What is remembered, for how long, and how much of the window it may take."""
+
+    model_config = _section("MEMORY_")
+
+    retention_days: float = Field(
+        default=30.0, ge=0, description="Idle time after which a scope is forgotten; 0 keeps it."
+    )
+    max_turns: int = Field(default=500, ge=2, le=100_000, description="Turns kept per scope.")
+    key_prefix: str = Field(default="mb", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    profile_share: float = Field(default=0.10, ge=0.0, le=0.5)
+    summary_share: float = Field(default=0.15, ge=0.0, le=0.5)
+    max_message_chars: int = Field(
+        default=100_000, ge=100, description="Longer input is cut before tokenising."
+    )
+
+    @property
+    def retention_seconds(self) -> int | None:
+        return int(self.retention_days * 86400) or None
+
+
+class DiscordSettings(BaseSettings):
+    """The Discord front end (used by `python -m bot run`)."""
+
+    model_config = _section("DISCORD_")
+
+    token: SecretStr | None = None
+    message_content_intent: bool = True
+    dev_guild_id: int | None = None
+    edit_interval: float = Field(default=1.0, ge=0.2, le=10.0)
+
+
+class Settings(BaseModel):
+    """All sections together. Build it once with `Settings.from_env()`."""
+
+    redis: RedisSettings
+    model: ModelSettings
+    generation: GenerationSettings
+    memory: MemorySettings
+    discord: DiscordSettings
+    persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        top = _TopLevel()
+        return cls(
+            redis=RedisSettings(),
+            model=ModelSettings(),
+            generation=GenerationSettings(),
+            memory=MemorySettings(),
+            discord=DiscordSettings(),
+            persona=top.persona,
+            log_level=top.log_level,
+        )
+
+    @classmethod
+    def defaults(cls, **sections: BaseModel) -> Settings:
+        """Defaults for every section not given; used by tests and tools."""
+        values: dict[str, BaseModel] = {
+            "redis": RedisSettings(),
+            "model": ModelSettings(),
+            "generation": GenerationSettings(),
+            "memory": MemorySettings(),
+            "discord": DiscordSettings(),
+        }
+        values.update(sections)
+        return cls.model_validate(values)
+
+
+class _TopLevel(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+_PREFIXES: dict[str, str] = {
+    "RedisSettings": "REDIS_",
+    "ModelSettings": "MODEL_",
+    "GenerationSettings": "GENERATION_",
+    "MemorySettings": "MEMORY_",
+    "DiscordSettings": "DISCORD_",
+}
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One sentence naming the first bad setting by its environment variable."""
+    err = exc.errors()[0]
+    prefix = _PREFIXES.get(exc.title, "")
+    field = ".".join(str(p) for p in err["loc"]) or "(section)"
+    name = (prefix + field).upper() if field != "(section)" else exc.title
+    message = err["msg"].removeprefix("Value error, ")
+    # Never echo the input back: it may be a secret.
+    return f"Invalid setting {name}: {message}."
