@@ -1,0 +1,1 @@
+"""Everything mediabot keeps in Redis: turns, context windows, export and forget."""

@@ -1,0 +1,97 @@
+"""The Redis key schema, in one place.
+
+Every key of one user carries the hash tag `{u<user>}`, so all of a user's keys, in
+every scope, share one Redis Cluster slot: the append (data and user index together)
+and `/forget` stay single atomic scripts on a cluster too. The scope, a guild or the
+user's DMs, is the next part of the key, so nothing said in one server is read in
+another:
+
+    mb:{u<user>}:index             SET of every key written for this user
+    mb:{u<user>}:g<guild>:turns    ZSET turn id -> sequence number (order)
+    mb:{u<user>}:g<guild>:turn     HASH turn id -> turn record (JSON)
+    mb:{u<user>}:g<guild>:msg      HASH Discord/terminal message id -> turn id
+    mb:{u<user>}:g<guild>:seq      STRING last turn id
+    mb:{u<user>}:dm:...            the same for direct messages
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def encode_part(raw: str) -> str:
+    """Escape an id so keys stay well formed: braces, colons, spaces and the rest
+    become %XX (UTF-8), and the mapping is one to one."""
+    if not raw:
+        raise ValueError("an id may not be empty")
+    return _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a conversation happens: one guild, or direct messages (guild_id None)."""
+
+    guild_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "dm" if self.guild_id is None else "g" + encode_part(self.guild_id)
+
+    @classmethod
+    def from_name(cls, name: str) -> Scope:
+        if name == "dm":
+            return cls(None)
+        if not name.startswith("g") or len(name) < 2:
+            raise ValueError(f"not a scope name: {name!r}")
+        return cls(_decode_part(name[1:]))
+
+    def __str__(self) -> str:
+        return "direct messages" if self.guild_id is None else f"server {self.guild_id}"
+
+
+def _decode_part(encoded: str) -> str:
+    raw = re.sub(
+        r"(?:%[0-9A-F]{2})+",
+        lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace"),
+        encoded,
+    )
+    return raw
+
+
+SCOPE_KINDS = ("turns", "turn", "msg", "seq")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every key name; `prefix` lets tests share a server without collisions."""
+
+    prefix: str = "mb"
+
+    def user_tag(self, user_id: str) -> str:
+        return f"{self.prefix}:{{u{encode_part(user_id)}}}"
+
+    def index(self, user_id: str) -> str:
+        return f"{self.user_tag(user_id)}:index"
+
+    def scope_key(self, user_id: str, scope: Scope, kind: str) -> str:
+        if kind not in SCOPE_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.user_tag(user_id)}:{scope.name}:{kind}"
+
+    def scope_keys(self, user_id: str, scope: Scope) -> list[str]:
+        """The keys of one scope, in the order the Lua scripts expect them."""
+        return [self.scope_key(user_id, scope, kind) for kind in SCOPE_KINDS]
+
+    def scope_of(self, user_id: str, key: str) -> Scope | None:
+        """The scope a key of this user belongs to, or None for user-level keys."""
+        head = self.user_tag(user_id) + ":"
+        if not key.startswith(head):
+            return None
+        rest = key[len(head) :]
+        name, _, kind = rest.rpartition(":")
+        if kind not in SCOPE_KINDS or not name:
+            return None
+        return Scope.from_name(name)

@@ -1,0 +1,53 @@
+-- Append one exchange (user turn + assistant turn) to a scope, atomically.
+-- KEYS: index, turns (zset), turn (hash), msg (hash), seq (string)
+-- ARGV: user message id, user turn JSON, assistant turn JSON,
+--       assistant message id ('' for none), cap (turns kept), ttl seconds (0 = keep)
+-- Returns {1, user turn id, assistant turn id}, or {0, existing user turn id}
+-- when this user message id was stored before (a retried write is a no-op).
+local index, zturns, hturn, hmsg, kseq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local existing = redis.call('HGET', hmsg, ARGV[1])
+if existing then
+  return {0, tonumber(existing)}
+end
+local uid = redis.call('INCR', kseq)
+local aid = redis.call('INCR', kseq)
+redis.call('ZADD', zturns, uid, uid, aid, aid)
+redis.call('HSET', hturn, uid, ARGV[2], aid, ARGV[3])
+redis.call('HSET', hmsg, ARGV[1], uid)
+if ARGV[4] ~= '' then
+  redis.call('HSET', hmsg, ARGV[4], aid)
+end
+
+-- Trim the oldest turns past the cap, with their message-id entries.
+local cap = tonumber(ARGV[5])
+local excess = redis.call('ZCARD', zturns) - cap
+while excess > 0 do
+  local batch = math.min(excess, 500)
+  local old = redis.call('ZRANGE', zturns, 0, batch - 1)
+  local raws = redis.call('HMGET', hturn, unpack(old))
+  for i, id in ipairs(old) do
+    local raw = raws[i]
+    if raw then
+      local ok, rec = pcall(cjson.decode, raw)
+      if ok and type(rec) == 'table' and type(rec.message_id) == 'string' then
+        if redis.call('HGET', hmsg, rec.message_id) == id then
+          redis.call('HDEL', hmsg, rec.message_id)
+        end
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYRANK', zturns, 0, batch - 1)
+  redis.call('HDEL', hturn, unpack(old))
+  excess = excess - batch
+end
+
+redis.call('SADD', index, zturns, hturn, hmsg, kseq)
+local ttl = tonumber(ARGV[6])
+for _, key in ipairs(KEYS) do
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  else
+    redis.call('PERSIST', key)
+  end
+end
+return {1, uid, aid}
