@@ -1,0 +1,48 @@
+"""The `Generator` protocol every backend implements, and its parameters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from memory.context import ChatMessage
+
+
+class GenerationError(Exception):
+    """Generation failed; the message is one sentence that can be shown to a user."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A chat model: streams a reply to a list of chat messages, counts tokens."""
+
+    @property
+    def context_length(self) -> int: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Yield text pieces as they are decoded; stop at the end token or
+        `max_new_tokens`. Closing the iterator early cancels the generation."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str: ...
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
