@@ -1,0 +1,109 @@
+"""Command line: `python -m bot chat | prepare-model` (also installed as `mediabot`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from bot.generation.base import GenerationError
+from bot.settings import Settings, describe_error
+from memory.connection import RedisUnavailable
+from memory.context import ContextError
+from prompts import PromptError, load_persona
+
+EXIT_SETTINGS = 2
+EXIT_UNAVAILABLE = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mediabot",
+        description="A media and entertainment assistant with memory, on a local model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="chat in the terminal")
+    chat.add_argument("--user", help="who is talking (default: your login name)")
+    chat.add_argument("--persona", help="persona name (default: the PERSONA setting)")
+    chat.add_argument(
+        "--show-context",
+        action="store_true",
+        help="print the context window the model reads, before each reply (to stderr)",
+    )
+    sub.add_parser(
+        "prepare-model", help="convert and cache the embedded model now (for images and CI)"
+    )
+    return parser
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.console import Console
+    from bot.services import open_services
+    from bot.textclean import clean_name
+
+    user = clean_name(args.user or _login_name(), fallback="you")
+    load_persona(args.persona or settings.persona)  # a bad name fails before the model loads
+    async with open_services(settings, progress=_progress) as services:
+        console = Console(
+            services,
+            user=user,
+            stdin=sys.stdin,
+            out=sys.stdout,
+            err=sys.stderr,
+            interactive=sys.stdin.isatty(),
+            persona=args.persona,
+            show_context=args.show_context,
+        )
+        return await console.run()
+
+
+def _prepare(settings: Settings) -> int:
+    from bot.generation.weights import model_dir
+
+    path = model_dir(settings.model.path, settings.model.cache_dir, _progress)
+    print(f"Model ready in {path}", file=sys.stderr)
+    return 0
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "you"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        return EXIT_SETTINGS
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "prepare-model":
+            return _prepare(settings)
+        return asyncio.run(_chat(settings, args))
+    except (PromptError, ContextError) as exc:
+        print(f"Configuration problem: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except (RedisUnavailable, GenerationError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

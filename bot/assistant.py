@@ -1,0 +1,201 @@
+"""The one reply pipeline, shared by every front end.
+
+`Assistant.reply` reads top to bottom: clean the input, load memory, build the context
+window, stream the generation to the sink, then store both turns in one atomic write.
+A front end only supplies a `ReplySink` that shows what the pipeline sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot import BOT_NAME
+from bot.generation.base import GenerationError, GenerationParams, Generator
+from bot.settings import Settings
+from bot.textclean import clean_input, clean_name
+from memory.context import ContextWindow, build_context, context_budget
+from memory.keys import Scope
+from memory.records import Turn
+from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
+from prompts import Persona, load_persona, load_rules
+
+log = logging.getLogger(__name__)
+
+EMPTY_HINT = "Say something and I'll answer: ask about a film, a show, a song, a game or a book."
+EMPTY_REPLY_FALLBACK = "Sorry, I lost my train of thought there. Could you say that another way?"
+MEMORY_READ_FAILED = (
+    "I can't reach my memory right now, so I'm answering without our earlier conversation."
+)
+MEMORY_WRITE_FAILED = "I couldn't save this exchange to memory: I won't remember it later."
+TIMED_OUT = "Sorry, that reply took too long and was stopped. Please try again."
+CONTROLS_STRIPPED = "I removed control characters from your message."
+
+
+def cut_notice(kept: int) -> str:
+    return f"Your message was too long, so I only read the first {kept:,} characters of it."
+
+
+def truncated_notice() -> str:
+    return "Your message was too long for my context window, so I read only its beginning."
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRequest:
+    """One incoming message, whatever front end it came from."""
+
+    scope: Scope
+    user_id: str
+    user_name: str
+    text: str
+    message_id: str
+    persona: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    text: str
+    stored: bool
+    generated: bool
+    window: ContextWindow | None = None
+
+
+class ReplySink(Protocol):
+    """Where a reply goes. The pipeline calls these in order: `context` once when the
+    window is built, `notice` for anything the user should know, `piece` for each
+    piece of streamed text, and `finish` once with the whole text; `finish` returns
+    the id of the message that showed the reply, if the front end has one."""
+
+    async def context(self, window: ContextWindow) -> None: ...
+
+    async def notice(self, text: str) -> None: ...
+
+    async def piece(self, text: str) -> None: ...
+
+    async def finish(self, text: str) -> str | None: ...
+
+
+class Assistant:
+    """Holds the services one reply needs; built once in `main()`."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        memory: MemoryStore,
+        generator: Generator,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.memory = memory
+        self.generator = generator
+        self._clock = clock
+        self._rules = load_rules()
+        self._personas: dict[str, Persona] = {}
+        self.persona(settings.persona)  # a broken default persona fails at start, not later
+        gen = settings.generation
+        self.params = GenerationParams(
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            repetition_penalty=gen.repetition_penalty,
+            seed=gen.seed,
+        )
+        self.budget = context_budget(
+            generator.context_length, gen.max_new_tokens, gen.context_margin, gen.max_context_tokens
+        )
+
+    def persona(self, name: str) -> Persona:
+        if name not in self._personas:
+            self._personas[name] = load_persona(name)
+        return self._personas[name]
+
+    def system_prompt(self, persona: str | None, user_name: str) -> str:
+        chosen = self.persona(persona or self.settings.persona)
+        return chosen.render(user_name=clean_name(user_name), bot_name=BOT_NAME, rules=self._rules)
+
+    async def reply(self, request: ReplyRequest, sink: ReplySink) -> ReplyOutcome:
+        """Answer one message: see the module docstring for the order of steps."""
+        mem = self.settings.memory
+        clean = clean_input(request.text, mem.max_message_chars)
+        if not clean.text:
+            await sink.notice(EMPTY_HINT)
+            return ReplyOutcome(text="", stored=False, generated=False)
+        if clean.cut_at is not None:
+            await sink.notice(cut_notice(clean.cut_at))
+        if clean.stripped_controls:
+            await sink.notice(CONTROLS_STRIPPED)
+
+        remember = True
+        try:
+            snapshot = await self.memory.load(
+                request.scope, request.user_id, token_budget=self.budget
+            )
+        except MemoryUnavailable as exc:
+            log.warning("memory load failed: %s", exc)
+            await sink.notice(MEMORY_READ_FAILED)
+            snapshot, remember = MemorySnapshot(turns=[]), False
+
+        window = build_context(
+            self.generator,
+            system=self.system_prompt(request.persona, request.user_name),
+            message=clean.text,
+            turns=snapshot.turns,
+            budget=self.budget,
+            profile=snapshot.profile,
+            summary=snapshot.summary,
+            profile_share=mem.profile_share,
+            summary_share=mem.summary_share,
+        )
+        await sink.context(window)
+        if window.message_truncated:
+            await sink.notice(truncated_notice())
+        asked_at = self._clock()
+
+        pieces: list[str] = []
+        try:
+            async with asyncio.timeout(self.settings.generation.timeout):
+                async for piece in self.generator.stream(window.messages, self.params):
+                    pieces.append(piece)
+                    await sink.piece(piece)
+        except GenerationError as exc:
+            await sink.notice(str(exc))
+            return ReplyOutcome(text="", stored=False, generated=False, window=window)
+        except TimeoutError:
+            await sink.notice(TIMED_OUT)
+            return ReplyOutcome(text="", stored=False, generated=False, window=window)
+
+        text = "".join(pieces).strip() or EMPTY_REPLY_FALLBACK
+        reply_id = await sink.finish(text)
+        if not remember:
+            await sink.notice(MEMORY_WRITE_FAILED)
+            return ReplyOutcome(text=text, stored=False, generated=True, window=window)
+
+        # What is stored of the user's message is what the model read.
+        said = window.message
+        user_turn = Turn(
+            role="user",
+            text=said,
+            time=asked_at,
+            message_id=request.message_id,
+            tokens=self.generator.count_tokens(said),
+        )
+        bot_turn = Turn(
+            role="assistant",
+            text=text,
+            time=self._clock(),
+            message_id=reply_id,
+            tokens=self.generator.count_tokens(text),
+        )
+        try:
+            await self.memory.append(request.scope, request.user_id, user_turn, bot_turn)
+        except MemoryUnavailable as exc:
+            log.warning("memory append failed: %s", exc)
+            await sink.notice(MEMORY_WRITE_FAILED)
+            return ReplyOutcome(text=text, stored=False, generated=True, window=window)
+        return ReplyOutcome(text=text, stored=True, generated=True, window=window)

@@ -1,0 +1,236 @@
+"""Terminal chat on the same reply pipeline as Discord.
+
+Interactive on a terminal (a prompt, streamed replies, slash commands); with piped
+input it answers each line once and exits, replies on stdout and notices on stderr,
+so scripts can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot import BOT_NAME
+from bot.assistant import ReplyRequest
+from bot.services import Services
+from bot.textclean import clean_input, decode_bytes, strip_controls
+from memory.context import ContextWindow
+from memory.keys import Scope
+from memory.store import MemoryUnavailable
+
+HELP = """Commands:
+  /help            this list
+  /memory          what I remember of our conversation
+  /reset           forget our conversation (here, in the terminal)
+  /export [FILE]   everything stored about you, as JSON (to FILE, or shown here)
+  /forget          delete everything stored about you, everywhere (asks first)
+  /quit            leave (Ctrl-D works too)
+Anything else is a message to me."""
+COMMAND = re.compile(r"^/([a-z]+)(?:\s+(.*))?$", re.DOTALL)
+MEMORY_DOWN = "I can't reach my memory right now; try again in a moment."
+SHOWN_TURNS = 20
+SHOWN_CHARS = 200
+
+
+@dataclass
+class TerminalSink:
+    """Prints a streamed reply; model text is shown without control characters, so it
+    cannot move the cursor or recolour the terminal."""
+
+    out: TextIO
+    err: TextIO
+    interactive: bool
+    show_context: bool = False
+    _started: bool = field(default=False, init=False)
+
+    async def context(self, window: ContextWindow) -> None:
+        if not self.show_context:
+            return
+        self.err.write(
+            f"--- context window: {window.tokens}/{window.budget} tokens, "
+            f"{window.turns_used} remembered turns ---\n"
+        )
+        for message in window.messages:
+            self.err.write(f"[{message['role']}]\n{message['content']}\n")
+        self.err.write("--- end of context window ---\n")
+        self.err.flush()
+
+    async def notice(self, text: str) -> None:
+        self.err.write(f"! {text}\n")
+        self.err.flush()
+
+    async def piece(self, text: str) -> None:
+        text = strip_controls(text)
+        if not self._started:
+            text = text.lstrip()
+            if not text:
+                return
+            self._started = True
+            if self.interactive:
+                self.out.write(f"{BOT_NAME}> ")
+        self.out.write(text)
+        self.out.flush()
+
+    async def finish(self, text: str) -> str | None:
+        if not self._started:
+            if self.interactive:
+                self.out.write(f"{BOT_NAME}> ")
+            self.out.write(strip_controls(text))
+        self.out.write("\n")
+        self.out.flush()
+        return None
+
+
+class Console:
+    """One terminal user talking to the assistant, in the DM scope."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        user: str,
+        stdin: TextIO,
+        out: TextIO,
+        err: TextIO,
+        interactive: bool,
+        persona: str | None = None,
+        show_context: bool = False,
+    ) -> None:
+        self.services = services
+        self.user_name = user
+        # Terminal users get their own id space, so they never meet a Discord user id.
+        self.user_id = f"cli:{user}"
+        self.scope = Scope(None)
+        self.stdin = stdin
+        self.out = out
+        self.err = err
+        self.interactive = interactive
+        self.persona = persona
+        self.show_context = show_context
+
+    async def run(self) -> int:
+        if self.interactive:
+            self.out.write(
+                f"{BOT_NAME}: ask me about films, TV, music, games, books and "
+                "podcasts. /help lists commands.\n"
+            )
+        while True:
+            line = await self._read(f"{self.user_name}> ")
+            if line is None:
+                return 0
+            text = clean_input(line, self.services.assistant.settings.memory.max_message_chars)
+            command = COMMAND.match(text.text)
+            if command:
+                if not await self._command(command.group(1), command.group(2) or ""):
+                    return 0
+                continue
+            if not text.text and not self.interactive:
+                continue  # blank lines in a script are not messages
+            sink = TerminalSink(self.out, self.err, self.interactive, self.show_context)
+            request = ReplyRequest(
+                scope=self.scope,
+                user_id=self.user_id,
+                user_name=self.user_name,
+                text=line,
+                message_id=uuid.uuid4().hex,
+                persona=self.persona,
+            )
+            await self.services.assistant.reply(request, sink)
+
+    async def _read(self, prompt: str) -> str | None:
+        if self.interactive:
+            try:
+                return await asyncio.to_thread(input, prompt)
+            except EOFError:
+                self.out.write("\n")
+                return None
+        raw = await asyncio.to_thread(self._read_piped)
+        return None if raw is None else raw.rstrip("\n")
+
+    def _read_piped(self) -> str | None:
+        buffer = getattr(self.stdin, "buffer", None)
+        if buffer is not None:
+            data: bytes = buffer.readline()
+            return decode_bytes(data) if data else None
+        line = self.stdin.readline()
+        return line or None
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    async def _command(self, name: str, arg: str) -> bool:
+        """Run a slash command; False means leave."""
+        memory = self.services.memory
+        try:
+            if name in ("quit", "exit"):
+                return False
+            if name == "help":
+                self._say(HELP)
+            elif name == "reset":
+                count = await memory.reset(self.scope, self.user_id)
+                self._say(f"Forgot our conversation here ({count} messages).")
+            elif name == "memory":
+                self._show_memory(await memory.history(self.scope, self.user_id))
+            elif name == "export":
+                await self._export(arg.strip())
+            elif name == "forget":
+                await self._forget()
+            else:
+                self._say(f"Unknown command /{name}. Type /help for the list.")
+        except MemoryUnavailable:
+            self._say(MEMORY_DOWN)
+        return True
+
+    def _show_memory(self, records: list[dict[str, object]]) -> None:
+        if not records:
+            self._say("I don't remember anything of our conversation here yet.")
+            return
+        self._say(
+            f"I remember {len(records)} messages of our conversation here"
+            + (f"; the last {SHOWN_TURNS}:" if len(records) > SHOWN_TURNS else ":")
+        )
+        for record in records[-SHOWN_TURNS:]:
+            if "unreadable" in record:
+                self._say("  (an unreadable record)")
+                continue
+            when = datetime.fromtimestamp(float(str(record["time"])), UTC).strftime(
+                "%Y-%m-%d %H:%M"
+            )
+            who = self.user_name if record["role"] == "user" else BOT_NAME
+            text = " ".join(strip_controls(str(record["text"])).split())
+            if len(text) > SHOWN_CHARS:
+                text = text[: SHOWN_CHARS - 1] + "…"
+            self._say(f"  [{when} UTC] {who}: {text}")
+
+    async def _export(self, target: str) -> None:
+        data = json.dumps(
+            await self.services.memory.export(self.user_id), indent=2, ensure_ascii=False
+        )
+        if not target:
+            self._say(data)
+            return
+        try:
+            await asyncio.to_thread(_write_text, target, data + "\n")
+        except OSError as exc:
+            self._say(f"Could not write {target}: {exc.strerror}.")
+            return
+        self._say(f"Wrote everything stored about you to {target}.")
+
+    async def _forget(self) -> None:
+        answer = await self._read("Delete everything stored about you, everywhere? Type yes: ")
+        if (answer or "").strip().lower() != "yes":
+            self._say("Kept everything.")
+            return
+        count = await self.services.memory.forget(self.user_id)
+        self._say(f"Deleted everything stored about you ({count} messages).")
+
+
+def _write_text(path: str, text: str) -> None:
+    Path(path).expanduser().write_text(text, encoding="utf-8")
