@@ -1,0 +1,85 @@
+"""Shared fixtures: a real Redis (REDIS_URL, else an embedded server started here), a
+key prefix per test that is deleted afterwards, and the real embedded model."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bot.generation.local import LocalGenerator
+from bot.settings import (
+    GenerationSettings,
+    MemorySettings,
+    ModelSettings,
+    RedisSettings,
+    Settings,
+)
+from memory.connection import EmbeddedRedis
+from memory.keys import Keys
+from memory.store import MemoryStore
+
+
+def model_settings() -> ModelSettings:
+    """The user's model cache (or MODEL_CACHE_DIR): the conversion runs once a machine."""
+    return ModelSettings()
+
+
+@pytest.fixture(scope="session")
+async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield await server.start()
+    await server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def keys(redis_client: Redis) -> AsyncIterator[Keys]:
+    """A key prefix of this test's own; every key under it is deleted afterwards, and
+    nothing else on a shared server is touched."""
+    prefix = "mbt" + uuid.uuid4().hex[:12]
+    yield Keys(prefix)
+    async for key in redis_client.scan_iter(match=f"{prefix}:*", count=500):
+        await redis_client.delete(key)
+
+
+@pytest.fixture
+def store(redis_client: Redis, keys: Keys) -> MemoryStore:
+    return MemoryStore(redis_client, keys=keys, max_turns=500, retention_seconds=3600)
+
+
+@pytest.fixture(scope="session")
+def generator() -> Iterator[LocalGenerator]:
+    gen = LocalGenerator.load(model_settings())
+    yield gen
+    gen.close()
+
+
+def make_settings(keys: Keys, redis_url: str | None = None, **generation: object) -> Settings:
+    """Settings for a pipeline test: this test's key prefix, short replies."""
+    gen = {"max_new_tokens": 12, "temperature": 0.0, **generation}
+    return Settings.defaults(
+        redis=RedisSettings(url=redis_url),
+        model=model_settings(),
+        generation=GenerationSettings.model_validate(gen),
+        memory=MemorySettings(key_prefix=keys.prefix, retention_days=1),
+    )
+
+
+@pytest.fixture
+def tmp_data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

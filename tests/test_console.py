@@ -1,0 +1,160 @@
+"""The terminal chat: commands in-process, and the real CLI driven through piped stdin
+across a restart."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.assistant import Assistant
+from bot.console import Console
+from bot.generation.local import LocalGenerator
+from bot.services import Services
+from memory.keys import Keys, Scope
+from memory.store import MemoryStore
+from tests.conftest import make_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def console_for(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, script: bytes
+) -> tuple[Console, io.StringIO, io.StringIO]:
+    services = Services(
+        memory=store,
+        generator=generator,
+        assistant=Assistant(settings=make_settings(keys), memory=store, generator=generator),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO(script), encoding="utf-8", errors="replace")
+    console = Console(services, user="ada", stdin=stdin, out=out, err=err, interactive=False)
+    return console, out, err
+
+
+async def test_piped_lines_get_one_reply_each_and_commands_work(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, tmp_path: Path
+) -> None:
+    export_file = tmp_path / "me.json"
+    script = (
+        b"/memory\n"
+        b"My name is Ada.\n"
+        b"\n"
+        b"Bad bytes \xff\xfe here\n"
+        b"/memory\n"
+        b"/export " + str(export_file).encode() + b"\n"
+        b"/nonsense\n"
+        b"/forget\nno\n"
+        b"/reset\n"
+        b"/help\n"
+        b"/quit\n"
+        b"never read\n"
+    )
+    console, out, err = console_for(store, keys, generator, script)
+    assert await console.run() == 0
+    shown = out.getvalue()
+    assert "I don't remember anything of our conversation here yet." in shown
+    assert "I remember 4 messages of our conversation here:" in shown
+    assert "ada: My name is Ada." in shown
+    assert "ada: Bad bytes \ufffd\ufffd here" in shown
+    exported = json.loads(export_file.read_text())
+    assert next(t["text"] for t in exported["scopes"]["dm"]["turns"]) == "My name is Ada."
+    assert "Unknown command /nonsense" in shown
+    assert "Kept everything." in shown
+    assert "Forgot our conversation here (4 messages)." in shown
+    assert "/forget" in shown  # the help text
+    assert (await store.load(Scope(None), "cli:ada", token_budget=1000)).turns == []
+    assert err.getvalue() == ""
+
+
+async def test_forget_after_yes_deletes_everything_everywhere(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator
+) -> None:
+    console, out, _ = console_for(store, keys, generator, b"Hello there\n/forget\nyes\n/export\n")
+    await console.run()
+    shown = out.getvalue()
+    assert "Deleted everything stored about you (2 messages)." in shown
+    exported = json.loads(shown[shown.index("{") :])
+    assert exported == {**exported, "user_id": "cli:ada", "scopes": {}}
+
+
+def run_cli(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MEMORY_"))}
+    env.update(
+        REDIS_DATA_DIR=str(tmp_path / "redis"),
+        GENERATION_MAX_NEW_TOKENS="8",
+        GENERATION_TEMPERATURE="0",
+    )
+    return env
+
+
+def test_a_fact_told_in_one_session_is_in_the_context_after_a_restart(
+    cli_env: dict[str, str],
+) -> None:
+    first = run_cli(["chat", "--user", "ada"], "Hi, my name is Ada.\n", cli_env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip()  # a streamed reply on stdout
+    assert "Loading the model" in first.stderr
+
+    second = run_cli(["chat", "--user", "ada", "--show-context"], "What is my name?\n", cli_env)
+    assert second.returncode == 0, second.stderr
+    context = second.stderr[second.stderr.index("--- context window") :]
+    assert "[user]\nHi, my name is Ada.\n" in context
+    assert context.index("Hi, my name is Ada.") < context.index("What is my name?")
+
+
+def test_an_unreachable_redis_url_is_one_sentence_and_exit_1(cli_env: dict[str, str]) -> None:
+    cli_env["REDIS_URL"] = "redis://:hunter2@127.0.0.1:1/0"
+    result = run_cli(["chat"], "hello\n", cli_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Could not connect to Redis at redis://127.0.0.1:1/0. Is it running?"
+    )
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("GENERATION_TEMPERATURE", "hot", "Invalid setting GENERATION_TEMPERATURE:"),
+        ("GENERATION_MAX_NEW_TOKENS", "0", "Invalid setting GENERATION_MAX_NEW_TOKENS:"),
+        ("MODEL_PATH", "/nonexistent/model", "Invalid setting MODEL_PATH:"),
+        ("MEMORY_KEY_PREFIX", "a b", "Invalid setting MEMORY_KEY_PREFIX:"),
+        ("PERSONA", "No Such!", "Invalid setting PERSONA:"),
+    ],
+)
+def test_an_invalid_setting_names_itself_in_one_line_and_exits_2(
+    cli_env: dict[str, str], name: str, value: str, expected: str
+) -> None:
+    cli_env[name] = value
+    result = run_cli(["chat"], "", cli_env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert value not in lines[0] or name == "MODEL_PATH"
+
+
+def test_an_unknown_persona_is_a_clear_configuration_error(cli_env: dict[str, str]) -> None:
+    cli_env["PERSONA"] = "nosuch"
+    result = run_cli(["chat"], "", cli_env)
+    assert result.returncode == 2
+    assert "nosuch.yaml: no such file" in result.stderr

@@ -1,0 +1,164 @@
+"""The context window, counted with the real embedded model's tokenizer and chat
+template: property tests for the budget and the always-present parts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.generation.local import LocalGenerator
+from memory.context import (
+    MERGE_SEPARATOR,
+    TRUNCATION_MARKER,
+    ContextError,
+    ContextWindow,
+    build_context,
+    context_budget,
+)
+from memory.records import Turn
+
+SYSTEM = "You are mediabot, a friendly assistant for films and TV."
+
+text = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+        st.sampled_from(["<|im_start|>", "<|im_end|>", "\n", " ", "```", "@everyone"]),
+    ),
+    max_size=12,
+).map("".join)
+huge = st.integers(20_000, 120_000).map(lambda n: ("word " * (n // 5 + 1))[:n])
+
+
+def turns_for(gen: LocalGenerator, items: list[tuple[str, str]]) -> list[Turn]:
+    return [
+        Turn(role=role, text=t, time=time.time(), tokens=gen.count_tokens(t))  # type: ignore[arg-type]
+        for role, t in items
+    ]
+
+
+def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budget: int) -> None:
+    assert window.tokens == gen.count_prompt_tokens(window.messages)
+    assert window.tokens <= budget
+    roles = [m["role"] for m in window.messages]
+    assert roles[0] == "system" and window.messages[0]["content"].startswith(SYSTEM)
+    assert roles[1::2] == ["user"] * len(roles[1::2])
+    assert roles[2::2] == ["assistant"] * len(roles[2::2])
+    assert roles[-1] == "user"
+    assert window.messages[-1]["content"].endswith(window.message)
+    if window.message_truncated:
+        assert window.message.endswith(TRUNCATION_MARKER)
+        kept = window.message[: -len(TRUNCATION_MARKER)]
+        assert kept and gen.neutralise(message).startswith(kept)
+    else:
+        assert window.message == message
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    history=st.lists(st.tuples(st.sampled_from(["user", "assistant"]), text), max_size=40),
+    message=st.one_of(text.filter(lambda s: s.strip() != ""), huge),
+    budget=st.integers(200, 2048),
+    profile=text,
+    summary=text,
+)
+def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
+    generator: LocalGenerator,
+    history: list[tuple[str, str]],
+    message: str,
+    budget: int,
+    profile: str,
+    summary: str,
+) -> None:
+    window = build_context(
+        generator,
+        system=SYSTEM,
+        message=message,
+        turns=turns_for(generator, history),
+        budget=budget,
+        profile=profile,
+        summary=summary,
+    )
+    check_window(generator, window, message, budget)
+    assert window.turns_used <= len(history)
+    if window.turns_used and history[-1][0] == "assistant":
+        # The newest turns are the ones kept.
+        assert window.messages[-2]["content"].endswith(history[-1][1])
+
+
+def test_whole_turns_only_newest_first(generator: LocalGenerator) -> None:
+    sentence = "Dune is a science fiction film directed by Denis Villeneuve. "
+    history = [("user", f"turn {i}: " + sentence * 8) for i in range(0, 20, 2)]
+    items: list[tuple[str, str]] = []
+    for i, (role, t) in enumerate(history):
+        items += [(role, t), ("assistant", f"reply {i}: " + sentence * 8)]
+    turns = turns_for(generator, items)
+    per_turn = max(t.tokens for t in turns)
+    budget = 400 + per_turn * 3
+    window = build_context(generator, system=SYSTEM, message="hi", turns=turns, budget=budget)
+    check_window(generator, window, "hi", budget)
+    kept = window.messages[1:-1]
+    assert 2 <= len(kept) < len(turns)
+    # Every kept message is a whole stored turn, and they are the newest ones.
+    assert [m["content"] for m in kept] == [t.text for t in turns[-len(kept) :]]
+
+
+def test_a_huge_message_is_cut_with_a_marker(generator: LocalGenerator) -> None:
+    message = "Tell me about this film. " * 4000  # 100 KB
+    window = build_context(generator, system=SYSTEM, message=message, turns=[], budget=1024)
+    check_window(generator, window, message, 1024)
+    assert window.message_truncated
+    assert window.tokens > 900  # the message used the room it had
+
+
+def test_profile_and_summary_are_capped_to_their_share(generator: LocalGenerator) -> None:
+    long = "The user loves Korean thrillers and hates musicals. " * 200
+    window = build_context(
+        generator,
+        system=SYSTEM,
+        message="hi",
+        turns=[],
+        budget=2000,
+        profile=long,
+        summary=long,
+        profile_share=0.1,
+        summary_share=0.15,
+    )
+    check_window(generator, window, "hi", 2000)
+    system_tokens = generator.count_tokens(window.messages[0]["content"])
+    assert system_tokens <= generator.count_tokens(SYSTEM) + 200 + 300 + 2
+    assert "hates musicals" in window.messages[0]["content"]
+
+
+def test_orphan_user_turns_are_merged_and_leading_replies_dropped(
+    generator: LocalGenerator,
+) -> None:
+    items = [("assistant", "an answer whose question was trimmed"), ("user", "first"),
+             ("user", "second"), ("assistant", "reply"), ("user", "unanswered")]  # fmt: skip
+    window = build_context(
+        generator, system=SYSTEM, message="now", turns=turns_for(generator, items), budget=1000
+    )
+    check_window(generator, window, "now", 1000)
+    assert [m["content"] for m in window.messages[1:]] == [
+        "first" + MERGE_SEPARATOR + "second",
+        "reply",
+        "unanswered" + MERGE_SEPARATOR + "now",
+    ]
+
+
+def test_a_system_prompt_too_big_for_the_budget_is_a_configuration_error(
+    generator: LocalGenerator,
+) -> None:
+    with pytest.raises(ContextError, match="system prompt"):
+        build_context(generator, system=SYSTEM * 100, message="hi", turns=[], budget=300)
+
+
+def test_budget_is_the_window_less_reply_and_margin_capped_by_the_setting() -> None:
+    assert context_budget(8192, 256, 16, 2048) == 2048
+    assert context_budget(2048, 256, 16, 2048) == 2048 - 256 - 16
