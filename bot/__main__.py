@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line the ^C was echoed on
         return 130
 
 

@@ -8,13 +8,16 @@ so scripts can drive it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
@@ -32,6 +35,7 @@ HELP = """Commands:
   /forget          delete everything stored about you, everywhere (asks first)
   /quit            leave (Ctrl-D works too)
 Anything else is a message to me."""
+T = TypeVar("T")
 COMMAND = re.compile(r"^/([a-z]+)(?:\s+(.*))?$", re.DOTALL)
 MEMORY_DOWN = "I can't reach my memory right now; try again in a moment."
 SHOWN_TURNS = 20
@@ -146,11 +150,11 @@ class Console:
     async def _read(self, prompt: str) -> str | None:
         if self.interactive:
             try:
-                return await asyncio.to_thread(input, prompt)
+                return await _in_daemon_thread(input, prompt)
             except EOFError:
                 self.out.write("\n")
                 return None
-        raw = await asyncio.to_thread(self._read_piped)
+        raw = await _in_daemon_thread(self._read_piped)
         return None if raw is None else raw.rstrip("\n")
 
     def _read_piped(self) -> str | None:
@@ -230,6 +234,34 @@ class Console:
             return
         count = await self.services.memory.forget(self.user_id)
         self._say(f"Deleted everything stored about you ({count} messages).")
+
+
+def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """Run a blocking read in a daemon thread. `asyncio.to_thread` would not do: on
+    Ctrl-C its worker stays blocked in `input()` and the exit waits for an Enter."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            value = fn(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=run, name="stdin", daemon=True).start()
+    return future
 
 
 def _write_text(path: str, text: str) -> None:

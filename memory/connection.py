@@ -130,7 +130,7 @@ class EmbeddedRedis:
             "--dbfilename", "dump.rdb",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
-            "--save", "300 1",
+            "--save", "300", "1",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip

@@ -13,7 +13,9 @@ from memory.connection import EmbeddedRedis, RedisUnavailable, open_redis, redac
 async def test_the_embedded_server_keeps_data_across_a_restart(tmp_path: Path) -> None:
     async with open_redis(None, data_dir=tmp_path) as client:
         await client.set("k", "kept")
-    assert (tmp_path / "appendonly.aof").exists() or (tmp_path / "appendonlydir").exists()
+    # AOF (fsync every second) while running, and an RDB snapshot saved at shutdown.
+    assert (tmp_path / "appendonly.aof").exists()
+    assert (tmp_path / "dump.rdb").exists()
     async with open_redis(None, data_dir=tmp_path) as client:
         assert await client.get("k") == b"kept"
 

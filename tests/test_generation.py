@@ -11,6 +11,7 @@ import pytest
 from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
+from bot.settings import ModelSettings
 from tests.conftest import model_settings
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0)
@@ -103,3 +104,20 @@ def test_truncate_tokens_keeps_a_prefix_of_at_most_n_tokens(generator: LocalGene
     assert text.startswith(cut)
     assert generator.count_tokens(cut) <= 30
     assert generator.truncate_tokens("short", 30) == "short"
+
+
+async def test_a_seed_makes_sampled_replies_repeatable(generator: LocalGenerator) -> None:
+    sampled = GenerationParams(max_new_tokens=16, temperature=0.9, seed=1234)
+    first = "".join([p async for p in generator.stream(MESSAGES, sampled)])
+    second = "".join([p async for p in generator.stream(MESSAGES, sampled)])
+    assert first == second and first
+
+
+async def test_any_local_model_directory_loads_by_setting(generator: LocalGenerator) -> None:
+    directory = cached_model_dir(model_settings().cache_dir)
+    other = LocalGenerator.load(ModelSettings(path=directory, dtype="float32"))
+    try:
+        pieces = [p async for p in other.stream(MESSAGES, GREEDY)]
+        assert "".join(pieces) == "".join([p async for p in generator.stream(MESSAGES, GREEDY)])
+    finally:
+        other.close()
