@@ -1,4 +1,4 @@
-"""Command line: `python -m bot chat | prepare-model` (also installed as `mediabot`)."""
+"""Command line: `python -m bot chat | run | prepare-model` (also installed as `mediabot`)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the context window the model reads, before each reply (to stderr)",
     )
+    sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     sub.add_parser(
         "prepare-model", help="convert and cache the embedded model now (for images and CI)"
     )
@@ -66,6 +67,39 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
         return await console.run()
 
 
+async def _run(settings: Settings) -> int:
+    import discord
+
+    from bot.discord.client import CHAT_CHANNELS_OFF, MediaBot
+    from bot.services import open_services
+
+    if settings.discord.token is None:
+        print(
+            "DISCORD_TOKEN is not set: put your bot token in .env (see the README).",
+            file=sys.stderr,
+        )
+        return EXIT_SETTINGS
+    load_persona(settings.persona)
+    if not settings.discord.message_content_intent:
+        print(CHAT_CHANNELS_OFF, file=sys.stderr)
+    async with open_services(settings, progress=_progress) as services:
+        bot = MediaBot(settings=settings, services=services)
+        async with bot:
+            try:
+                await bot.start(settings.discord.token.get_secret_value())
+            except discord.LoginFailure:
+                print("Discord refused DISCORD_TOKEN: check the bot token.", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            except discord.PrivilegedIntentsRequired:
+                print(
+                    "Discord refused the message content intent: enable it for the bot in "
+                    "the Developer Portal, or set DISCORD_MESSAGE_CONTENT_INTENT=false.",
+                    file=sys.stderr,
+                )
+                return EXIT_UNAVAILABLE
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -94,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare-model":
             return _prepare(settings)
+        if args.command == "run":
+            return asyncio.run(_run(settings))
         return asyncio.run(_chat(settings, args))
     except (PromptError, ContextError) as exc:
         print(f"Configuration problem: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from bot.generation.local import LocalGenerator
 from bot.generation.weights import Progress
 from bot.settings import Settings
 from memory.connection import open_redis
+from memory.guilds import GuildConfig
 from memory.keys import Keys
 from memory.store import MemoryStore
 
@@ -22,6 +23,7 @@ class Services:
     memory: MemoryStore
     generator: Generator
     assistant: Assistant
+    guild_config: GuildConfig
 
 
 @contextlib.asynccontextmanager
@@ -37,9 +39,10 @@ async def open_services(
         socket_timeout=settings.redis.socket_timeout,
         connect_timeout=settings.redis.connect_timeout,
     ) as client:
+        keys = Keys(settings.memory.key_prefix)
         memory = MemoryStore(
             client,
-            keys=Keys(settings.memory.key_prefix),
+            keys=keys,
             max_turns=settings.memory.max_turns,
             retention_seconds=settings.memory.retention_seconds,
         )
@@ -52,6 +55,11 @@ async def open_services(
         )
         try:
             assistant = Assistant(settings=settings, memory=memory, generator=generator)
-            yield Services(memory=memory, generator=generator, assistant=assistant)
+            yield Services(
+                memory=memory,
+                generator=generator,
+                assistant=assistant,
+                guild_config=GuildConfig(client, keys),
+            )
         finally:
             generator.close()

@@ -12,6 +12,11 @@ another:
     mb:{u<user>}:g<guild>:msg      HASH Discord/terminal message id -> turn id
     mb:{u<user>}:g<guild>:seq      STRING last turn id
     mb:{u<user>}:dm:...            the same for direct messages
+
+Per-server settings that admins change live under the server's own tag:
+
+    mb:{g<guild>}:chat_channels    SET channel ids where no mention is needed
+    mb:{g<guild>}:personas         HASH channel id -> persona name
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def _decode_part(encoded: str) -> str:
 
 
 SCOPE_KINDS = ("turns", "turn", "msg", "seq")
+GUILD_KINDS = ("chat_channels", "personas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,11 @@ class Keys:
     def scope_keys(self, user_id: str, scope: Scope) -> list[str]:
         """The keys of one scope, in the order the Lua scripts expect them."""
         return [self.scope_key(user_id, scope, kind) for kind in SCOPE_KINDS]
+
+    def guild_key(self, guild_id: str, kind: str) -> str:
+        if kind not in GUILD_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.prefix}:{{g{encode_part(guild_id)}}}:{kind}"
 
     def scope_of(self, user_id: str, key: str) -> Scope | None:
         """The scope a key of this user belongs to, or None for user-level keys."""

@@ -19,6 +19,7 @@ class Turn(BaseModel):
     time: float = Field(ge=0)
     message_id: str | None = None
     tokens: int = Field(ge=0)
+    edited: bool = False
 
 
 class StoredTurn(Turn):

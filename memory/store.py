@@ -76,6 +76,8 @@ class MemoryStore:
         self._load: AsyncScript = client.register_script(_load_script("load"))
         self._forget: AsyncScript = client.register_script(_load_script("forget"))
         self._reset: AsyncScript = client.register_script(_load_script("reset"))
+        self._delete: AsyncScript = client.register_script(_load_script("delete_message"))
+        self._edit: AsyncScript = client.register_script(_load_script("edit_message"))
 
     async def ping(self) -> None:
         try:
@@ -134,6 +136,32 @@ class MemoryStore:
         keys = [self.keys.index(user_id), *self.keys.scope_keys(user_id, scope)]
         try:
             return int(await self._reset(keys=keys, args=[]))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def delete_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
+        """Remove the turn of a message its author deleted; False if none was stored."""
+        keys = [self.keys.scope_key(user_id, scope, k) for k in ("turns", "turn", "msg")]
+        try:
+            return bool(await self._delete(keys=keys, args=[message_id]))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def edit_message(
+        self, scope: Scope, user_id: str, message_id: str, text: str, tokens: int
+    ) -> bool:
+        """Replace the stored text of a message its author edited."""
+        keys = [self.keys.scope_key(user_id, scope, k) for k in ("turn", "msg")]
+        try:
+            return bool(await self._edit(keys=keys, args=[message_id, text, tokens]))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def has_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
+        """Whether a turn for this message id is stored in the scope."""
+        key = self.keys.scope_key(user_id, scope, "msg")
+        try:
+            return bool(await self._redis.hexists(key, message_id))  # type: ignore[misc]
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
 

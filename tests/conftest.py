@@ -3,10 +3,12 @@ key prefix per test that is deleted afterwards, and the real embedded model."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -83,3 +85,21 @@ def make_settings(keys: Keys, redis_url: str | None = None, **generation: object
 @pytest.fixture
 def tmp_data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+class ScriptedGenerator:
+    """The real model's tokenizer and template, with a reply written in advance: for
+    testing what front ends do with a given reply (the real decoding is tested with the
+    real model elsewhere)."""
+
+    def __init__(self, real: LocalGenerator, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.context_length = real.context_length
+        self.count_tokens = real.count_tokens
+        self.truncate_tokens = real.truncate_tokens
+        self.count_prompt_tokens = real.count_prompt_tokens
+
+    async def stream(self, messages: Any, params: Any) -> AsyncIterator[str]:
+        for piece in self.pieces:
+            await asyncio.sleep(0)
+            yield piece

@@ -16,6 +16,7 @@ from bot.assistant import Assistant
 from bot.console import Console
 from bot.generation.local import LocalGenerator
 from bot.services import Services
+from memory.guilds import GuildConfig
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import make_settings
@@ -30,6 +31,7 @@ def console_for(
         memory=store,
         generator=generator,
         assistant=Assistant(settings=make_settings(keys), memory=store, generator=generator),
+        guild_config=GuildConfig(store._redis, keys),
     )
     out, err = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(script), encoding="utf-8", errors="replace")

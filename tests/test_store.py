@@ -231,3 +231,21 @@ async def test_odd_user_ids_keep_keys_well_formed_and_separate(
             assert " " not in key
     assert await store.forget("*") == 2
     assert len((await store.load(GUILD_A, "A", token_budget=1000)).turns) == 2
+
+
+async def test_deleting_a_message_removes_its_turn_only(store: MemoryStore) -> None:
+    await store.append(GUILD_A, "u1", *exchange(1))
+    await store.append(GUILD_A, "u1", *exchange(2))
+    assert await store.delete_message(GUILD_A, "u1", "m1")
+    assert not await store.delete_message(GUILD_A, "u1", "m1")
+    assert not await store.delete_message(GUILD_B, "u1", "m2")  # another scope's id
+    snap = await store.load(GUILD_A, "u1", token_budget=1000)
+    assert [t.text for t in snap.turns] == ["answer 1", "question 2", "answer 2"]
+
+
+async def test_editing_a_message_updates_its_turn(store: MemoryStore) -> None:
+    await store.append(DM, "u1", *exchange(1))
+    assert await store.edit_message(DM, "u1", "m1", "question one, edited", 5)
+    assert not await store.edit_message(DM, "u1", "nope", "x", 1)
+    first = (await store.load(DM, "u1", token_budget=1000)).turns[0]
+    assert (first.text, first.tokens, first.edited) == ("question one, edited", 5, True)

@@ -1,0 +1,134 @@
+"""Memory commands: what is remembered, reset, export and forget (with a confirm)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.chunks import MESSAGE_LIMIT, defuse_mentions
+from bot.discord.client import MediaBot
+from bot.discord.cogs.chat import scope_of
+from memory.store import MemoryUnavailable
+
+Button = discord.ui.Button["ConfirmForget"]
+MEMORY_DOWN = "I can't reach my memory right now; please try again in a moment."
+CONFIRM_SECONDS = 60
+SHOWN_TURNS = 10
+SHOWN_CHARS = 150
+
+
+def memory_summary(records: list[dict[str, object]], where: str) -> str:
+    if not records:
+        return f"I don't remember anything of our conversation in {where}."
+    lines = [f"I remember {len(records)} messages of our conversation in {where}. The last ones:"]
+    for record in records[-SHOWN_TURNS:]:
+        if "unreadable" in record:
+            lines.append("- (an unreadable record)")
+            continue
+        when = datetime.fromtimestamp(float(str(record["time"])), UTC).strftime("%Y-%m-%d")
+        who = "you" if record["role"] == "user" else "me"
+        text = " ".join(str(record["text"]).split())
+        if len(text) > SHOWN_CHARS:
+            text = text[: SHOWN_CHARS - 1] + "…"
+        lines.append(f"- {when}, {who}: {text}")
+    lines.append("Use /reset to clear this, /forget to delete everything everywhere.")
+    body = defuse_mentions("\n".join(lines))
+    return body if len(body) <= MESSAGE_LIMIT else body[: MESSAGE_LIMIT - 1] + "…"
+
+
+class ConfirmForget(discord.ui.View):
+    """Two buttons; only the user who asked can press them."""
+
+    def __init__(self, bot: MediaBot, user_id: int) -> None:
+        super().__init__(timeout=CONFIRM_SECONDS)
+        self.bot = bot
+        self.user_id = user_id
+        self.deleted: int | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.user_id
+
+    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, _: Button) -> None:
+        try:
+            self.deleted = await self.bot.services.memory.forget(str(self.user_id))
+        except MemoryUnavailable:
+            await interaction.response.edit_message(content=MEMORY_DOWN, view=None)
+            return
+        self.stop()
+        await interaction.response.edit_message(
+            content=f"Done: I deleted everything I stored about you ({self.deleted} messages, "
+            "in every server and in DMs).",
+            view=None,
+        )
+
+    @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, _: Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Kept everything.", view=None)
+
+
+class Memory(commands.Cog):
+    """What the bot remembers about you, and deleting it."""
+
+    def __init__(self, bot: MediaBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="memory", description="What I remember of our conversation here")
+    async def memory(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        scope = scope_of(interaction.guild)
+        try:
+            records = await self.bot.services.memory.history(scope, str(interaction.user.id))
+        except MemoryUnavailable:
+            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
+            return
+        where = "our DMs" if interaction.guild is None else "this server"
+        await interaction.followup.send(memory_summary(records, where), ephemeral=True)
+
+    @app_commands.command(name="reset", description="Forget our conversation here")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            count = await self.bot.services.memory.reset(
+                scope_of(interaction.guild), str(interaction.user.id)
+            )
+        except MemoryUnavailable:
+            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
+            return
+        await interaction.followup.send(
+            f"Forgot our conversation here ({count} messages).", ephemeral=True
+        )
+
+    @app_commands.command(name="export", description="Everything I store about you, as JSON")
+    async def export(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            data = await self.bot.services.memory.export(str(interaction.user.id))
+        except MemoryUnavailable:
+            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
+            return
+        payload = json.dumps(data, indent=2, ensure_ascii=False).encode()
+        await interaction.followup.send(
+            "Everything I store about you, in every server and in DMs:",
+            file=discord.File(io.BytesIO(payload), filename="mediabot-export.json"),
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="forget", description="Delete everything I store about you")
+    async def forget(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await interaction.followup.send(
+            "This deletes everything I store about you, in every server and in DMs. Sure?",
+            view=ConfirmForget(self.bot, interaction.user.id),
+            ephemeral=True,
+        )
+
+
+async def setup(bot: MediaBot) -> None:
+    await bot.add_cog(Memory(bot))

@@ -1,0 +1,62 @@
+"""Per-server settings that admins change from Discord: chat channels and personas."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from memory.keys import Keys
+from memory.store import MemoryUnavailable
+
+
+class GuildConfig:
+    """Chat channels (no mention needed) and the persona of each channel."""
+
+    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+        self._redis = client
+        self.keys = keys or Keys()
+
+    async def chat_channels(self, guild_id: str) -> set[str]:
+        key = self.keys.guild_key(guild_id, "chat_channels")
+        try:
+            members = await self._redis.smembers(key)  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+    async def is_chat_channel(self, guild_id: str, channel_id: str) -> bool:
+        key = self.keys.guild_key(guild_id, "chat_channels")
+        try:
+            return bool(await self._redis.sismember(key, channel_id))  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def set_chat_channel(self, guild_id: str, channel_id: str, on: bool) -> bool:
+        """Mark or unmark a chat channel; False when nothing changed."""
+        key = self.keys.guild_key(guild_id, "chat_channels")
+        try:
+            if on:
+                return bool(await self._redis.sadd(key, channel_id))  # type: ignore[misc]
+            return bool(await self._redis.srem(key, channel_id))  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def persona(self, guild_id: str, channel_id: str) -> str | None:
+        key = self.keys.guild_key(guild_id, "personas")
+        try:
+            value = await self._redis.hget(key, channel_id)  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def set_persona(self, guild_id: str, channel_id: str, persona: str | None) -> None:
+        key = self.keys.guild_key(guild_id, "personas")
+        try:
+            if persona is None:
+                await self._redis.hdel(key, channel_id)  # type: ignore[misc]
+            else:
+                await self._redis.hset(key, channel_id, persona)  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
