@@ -23,8 +23,13 @@ def _cache_home() -> Path:
 
 
 def _section(prefix: str) -> SettingsConfigDict:
+    # An empty value (`DISCORD_TOKEN=` in a fresh .env) counts as unset.
     return SettingsConfigDict(
-        env_prefix=prefix, env_file=".env", extra="ignore", validate_default=True
+        env_prefix=prefix,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        env_ignore_empty=True,
     )
 
 
@@ -166,7 +171,9 @@ class Settings(BaseModel):
 
 
 class _TopLevel(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", validate_default=True, env_ignore_empty=True
+    )
 
     persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

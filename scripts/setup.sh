@@ -24,6 +24,17 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 
+# The tests check docker-compose.yml with a real compose parser: Debian's docker-compose.
+if [ -n "$extras" ] && ! command -v docker-compose >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing docker-compose (to validate the compose file in the tests) …" >&2
+        apt-get update -qq >/dev/null && apt-get install -y -qq docker-compose >/dev/null
+    else
+        echo "Note: install docker-compose (Debian/Ubuntu: apt-get install docker-compose);" \
+             "the tests validate docker-compose.yml with it." >&2
+    fi
+fi
+
 stamp=.venv/.mediabot-setup
 base="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $TORCH_SPEC"
 have="$(cat "$stamp" 2>/dev/null || true)"

@@ -21,8 +21,6 @@ from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import make_settings
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def console_for(
     store: MemoryStore, keys: Keys, generator: LocalGenerator, script: bytes
@@ -93,7 +91,8 @@ def run_cli(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.Comp
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        # Not the repository: a developer's own .env there must not reach the tests.
+        cwd=Path(env["REDIS_DATA_DIR"]).parent,
         timeout=300,
     )
 
@@ -160,3 +159,12 @@ def test_an_unknown_persona_is_a_clear_configuration_error(cli_env: dict[str, st
     result = run_cli(["chat"], "", cli_env)
     assert result.returncode == 2
     assert "nosuch.yaml: no such file" in result.stderr
+
+
+def test_run_without_a_token_says_so_and_exits_2(cli_env: dict[str, str]) -> None:
+    cli_env["DISCORD_TOKEN"] = ""  # as in a fresh copy of .env.example
+    result = run_cli(["run"], "", cli_env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "DISCORD_TOKEN is not set: put your bot token in .env (see the README)."
+    )
