@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,58 +199,68 @@ async def test_a_failed_generation_stores_nothing(
     assert (await store.load(DM, "u1", token_budget=1000)).turns == []
 
 
-async def test_redis_lost_mid_chat_still_replies_then_reconnects(
+@dataclass
+class OwnRedis:
+    """A Redis server of this test's own, which the test may stop and start again."""
+
+    server: EmbeddedRedis
+    url: str
+    store: MemoryStore
+    bot: Assistant
+
+    async def restart(self, tmp_path: Path) -> None:
+        self.server = EmbeddedRedis(tmp_path / "redis")
+        assert await self.server.start() == self.url  # same data, same socket
+
+
+@pytest.fixture
+async def own_redis(
     tmp_path: Path, keys: Keys, generator: LocalGenerator
-) -> None:
+) -> AsyncIterator[OwnRedis]:
     server = EmbeddedRedis(tmp_path / "redis")
     url = await server.start()
     client = client_for_url(url, socket_timeout=1, connect_timeout=1)
     store = MemoryStore(client, keys=keys)
     bot = Assistant(settings=make_settings(keys), memory=store, generator=generator)
-    try:
-        assert (await bot.reply(request("My dog is called Biscuit."), RecordingSink())).stored
+    own = OwnRedis(server, url, store, bot)
+    yield own
+    await client.aclose()
+    await own.server.stop()
 
-        await server.stop()  # Redis goes away between two messages
-        sink = RecordingSink()
-        outcome = await bot.reply(request("Any films about dogs?"), sink)
-        assert outcome.generated and outcome.text and not outcome.stored
-        assert pipeline.MEMORY_READ_FAILED in sink.kinds("notice")
-        assert pipeline.MEMORY_WRITE_FAILED in sink.kinds("notice")
 
-        server = EmbeddedRedis(tmp_path / "redis")
-        assert await server.start() == url  # same data, same socket
-        sink = RecordingSink()
-        outcome = await bot.reply(request("What is my dog called?"), sink)
-        assert outcome.stored and sink.kinds("notice") == []
-        assert sink.window is not None
-        assert "My dog is called Biscuit." in [m["content"] for m in sink.window.messages]
-    finally:
-        await client.aclose()
-        await server.stop()
+async def test_redis_lost_mid_chat_still_replies_then_reconnects(
+    own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    bot = own_redis.bot
+    assert (await bot.reply(request("My dog is called Biscuit."), RecordingSink())).stored
+
+    await own_redis.server.stop()  # Redis goes away between two messages
+    sink = RecordingSink()
+    outcome = await bot.reply(request("Any films about dogs?"), sink)
+    assert outcome.generated and outcome.text and not outcome.stored
+    assert pipeline.MEMORY_READ_FAILED in sink.kinds("notice")
+    assert pipeline.MEMORY_WRITE_FAILED in sink.kinds("notice")
+
+    await own_redis.restart(tmp_path)
+    sink = RecordingSink()
+    outcome = await bot.reply(request("What is my dog called?"), sink)
+    assert outcome.stored and sink.kinds("notice") == []
+    assert sink.window is not None
+    assert "My dog is called Biscuit." in [m["content"] for m in sink.window.messages]
 
 
 async def test_redis_lost_while_the_reply_streams_is_told_and_loses_nothing_stored(
-    tmp_path: Path, keys: Keys, generator: LocalGenerator
+    own_redis: OwnRedis, tmp_path: Path
 ) -> None:
-    server = EmbeddedRedis(tmp_path / "redis")
-    url = await server.start()
-    client = client_for_url(url, socket_timeout=1, connect_timeout=1)
-    store = MemoryStore(client, keys=keys)
-    bot = Assistant(settings=make_settings(keys), memory=store, generator=generator)
-    try:
-        assert (await bot.reply(request("I finished Dark last week."), RecordingSink())).stored
-        # Memory was read; Redis dies while the reply is being written.
-        sink = RecordingSink(on_first_piece=server.stop)
-        outcome = await bot.reply(request("What should I watch next?"), sink)
-        assert outcome.generated and not outcome.stored
-        assert sink.kinds("notice") == [pipeline.MEMORY_WRITE_FAILED]
-        assert sink.kinds("finish") == [outcome.text]
+    bot = own_redis.bot
+    assert (await bot.reply(request("I finished Dark last week."), RecordingSink())).stored
+    # Memory was read; Redis dies while the reply is being written.
+    sink = RecordingSink(on_first_piece=own_redis.server.stop)
+    outcome = await bot.reply(request("What should I watch next?"), sink)
+    assert outcome.generated and not outcome.stored
+    assert sink.kinds("notice") == [pipeline.MEMORY_WRITE_FAILED]
+    assert sink.kinds("finish") == [outcome.text]
 
-        server = EmbeddedRedis(tmp_path / "redis")
-        await server.start()
-        history = await store.history(DM, "u1")
-        assert next(h["text"] for h in history) == "I finished Dark last week."
-        assert len(history) == 2
-    finally:
-        await client.aclose()
-        await server.stop()
+    await own_redis.restart(tmp_path)
+    history = await own_redis.store.history(DM, "u1")
+    assert [h["text"] for h in history] == ["I finished Dark last week.", history[1]["text"]]
