@@ -25,6 +25,8 @@ from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
 from memory.context import ContextWindow
 from memory.keys import Scope
+from memory.profile import render
+from memory.records import Fact
 from memory.store import MemoryUnavailable
 
 HELP = """Commands:
@@ -182,6 +184,7 @@ class Console:
                 self._say(f"Forgot our conversation here ({count} messages).")
             elif name == "memory":
                 self._show_memory(await memory.history(self.scope, self.user_id))
+                self._show_facts(await memory.facts(self.scope, self.user_id))
             elif name == "export":
                 await self._export(arg.strip())
             elif name == "forget":
@@ -191,6 +194,11 @@ class Console:
         except MemoryUnavailable:
             self._say(MEMORY_DOWN)
         return True
+
+    def _show_facts(self, facts: list[Fact]) -> None:
+        if facts:
+            self._say("What I know about you here:")
+            self._say(strip_controls(render([(f.label, f.value) for f in facts])))
 
     def _show_memory(self, records: list[dict[str, object]]) -> None:
         if not records:

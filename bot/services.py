@@ -53,8 +53,8 @@ async def open_services(
             concurrency=settings.generation.concurrency,
             progress=progress,
         )
+        assistant = Assistant(settings=settings, memory=memory, generator=generator)
         try:
-            assistant = Assistant(settings=settings, memory=memory, generator=generator)
             yield Services(
                 memory=memory,
                 generator=generator,
@@ -62,4 +62,5 @@ async def open_services(
                 guild_config=GuildConfig(client, keys),
             )
         finally:
+            await assistant.upkeep.drain()
             generator.close()

@@ -115,6 +115,14 @@ class MemorySettings(BaseSettings):
     max_message_chars: int = Field(
         default=100_000, ge=100, description="Longer input is cut before tokenising."
     )
+    recall_share: float = Field(default=0.15, ge=0.0, le=0.5)
+    recall_threshold: float = Field(
+        default=0.15, ge=0.0, le=1.0, description="Least relevance x recency to recall a turn."
+    )
+    recall_half_life_days: float = Field(default=90.0, ge=0.0)
+    recall_candidates: int = Field(default=1000, ge=0, le=100_000)
+    recall_limit: int = Field(default=8, ge=0, le=50)
+    summary_mode: Literal["extractive", "model", "off"] = "extractive"
 
     @property
     def retention_seconds(self) -> int | None:

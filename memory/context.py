@@ -2,19 +2,28 @@
 
 Filled in priority order, counting real tokens of the served model's tokenizer:
 the system prompt (always), the current message (always; cut with a marker when it
-alone would not fit), profile facts and the rolling summary (each capped at a share
-of the budget), then recent turns newest first, whole turns only. The result renders
-under the model's chat template (roles alternate, same-role runs merged) and never
-exceeds the budget: the final count is the exact one of the rendered prompt.
+alone would not fit), profile facts, the rolling summary and recalled older turns (each
+capped at a share of the budget), then recent turns newest first, whole turns only.
+The result is valid for the model's chat template (roles alternate, same-role runs
+merged) and never exceeds the budget.
+
+Counting: each stored turn carries its token count (counted once, at write), so a
+window is counted without tokenising history again. The count is an upper bound of the
+rendered prompt's exact length: chat templates separate messages with special tokens,
+so a message's tokens do not merge with its neighbours', and one spare token per
+message and per joined piece covers the template's own boundary (the property tests
+check the bound against the exact count of the rendered template).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
-from memory.records import Turn
+from memory.records import StoredTurn, Turn
 
 ChatMessage = dict[str, str]
 
@@ -22,9 +31,9 @@ ChatMessage = dict[str, str]
 MIN_MESSAGE_TOKENS = 64
 PROFILE_HEADER = "\n\nWhat you know about this user (from earlier conversations):\n"
 SUMMARY_HEADER = "\n\nSummary of your earlier conversation with this user:\n"
+RECALL_HEADER = "\n\nThings the user said earlier that may matter now:\n"
 TRUNCATION_MARKER = "\n[… message cut here: it was too long for my context window]"
 MERGE_SEPARATOR = "\n\n"
-MAX_FIT_ROUNDS = 8
 
 
 class TokenCounter(Protocol):
@@ -45,10 +54,12 @@ class ContextError(ValueError):
 class ContextWindow:
     messages: list[ChatMessage]
     message: str  # the current message as the model reads it (cut, when it was cut)
-    tokens: int
+    tokens: int  # at most this many prompt tokens (see the module docstring)
     budget: int
     turns_used: int
     message_truncated: bool
+    oldest_turn_id: int | None = None  # the oldest stored turn in the window
+    recalled: int = 0
 
 
 def context_budget(context_length: int, max_new_tokens: int, margin: int, cap: int) -> int:
@@ -61,25 +72,43 @@ def context_budget(context_length: int, max_new_tokens: int, margin: int, cap: i
 class _Overheads:
     fixed: int  # system + user message with empty contents, plus the generation prompt
     per_message: int  # what each further message adds besides its content
+    separator: int  # the tokens of MERGE_SEPARATOR, plus one spare
+
+
+# Measured once per tokenizer object (the template does not change).
+_OVERHEADS: weakref.WeakKeyDictionary[TokenCounter, _Overheads] = weakref.WeakKeyDictionary()
 
 
 def _overheads(counter: TokenCounter) -> _Overheads:
+    cached = _OVERHEADS.get(counter)
+    if cached is not None:
+        return cached
     base = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
     more = [*base, {"role": "assistant", "content": ""}, {"role": "user", "content": ""}]
-    fixed = counter.count_prompt_tokens(base)
-    per_message = -(-(counter.count_prompt_tokens(more) - fixed) // 2)
-    # +1 per message covers a token merging across a content boundary.
-    return _Overheads(fixed=fixed, per_message=per_message + 1)
+    fixed = counter.count_prompt_tokens(base) + 2  # a spare token for each content
+    per_message = -(-(counter.count_prompt_tokens(more) - fixed + 2) // 2) + 1
+    over = _Overheads(fixed, per_message, counter.count_tokens(MERGE_SEPARATOR) + 1)
+    _OVERHEADS[counter] = over
+    return over
 
 
-def _capped(counter: TokenCounter, header: str, body: str, cap: int) -> str:
+def _section(counter: TokenCounter, header: str, body: str, cap: int) -> tuple[str, int]:
+    """A header and as much of `body` as fits `cap` tokens, and its token bound."""
     body = body.strip()
-    if not body or cap <= 0:
-        return ""
-    room = cap - counter.count_tokens(header)
-    if room <= 0:
-        return ""
-    return header + counter.truncate_tokens(body, room)
+    room = cap - counter.count_tokens(header) - 1
+    if not body or room <= 0:
+        return "", 0
+    kept = counter.truncate_tokens(body, room)
+    return header + kept, counter.count_tokens(header) + counter.count_tokens(kept) + 1
+
+
+def recall_lines(turns: Sequence[StoredTurn]) -> list[str]:
+    """How recalled turns read in the window: dated, one per line."""
+    lines = []
+    for turn in turns:
+        day = datetime.fromtimestamp(turn.time, UTC).strftime("%Y-%m-%d")
+        lines.append(f"- ({day}) {' '.join(turn.text.split())}")
+    return lines
 
 
 def build_context(
@@ -91,8 +120,10 @@ def build_context(
     budget: int,
     profile: str = "",
     summary: str = "",
+    recalled: Sequence[StoredTurn] = (),
     profile_share: float = 0.10,
     summary_share: float = 0.15,
+    recall_share: float = 0.15,
 ) -> ContextWindow:
     """Fill the window in priority order; see the module docstring."""
     over = _overheads(counter)
@@ -102,64 +133,81 @@ def build_context(
             f"the system prompt ({system_tokens} tokens) does not fit a {budget}-token "
             "context window with room for a message"
         )
-    full_system = system
+    full_system, used = system, over.fixed + system_tokens
     for header, body, share in (
         (PROFILE_HEADER, profile, profile_share),
         (SUMMARY_HEADER, summary, summary_share),
     ):
-        section = _capped(counter, header, body, int(budget * share))
-        left = budget - over.fixed - counter.count_tokens(full_system + section)
-        if section and left >= MIN_MESSAGE_TOKENS:
-            full_system += section
-    available = budget - over.fixed - counter.count_tokens(full_system)
+        text, cost = _section(counter, header, body, int(budget * share))
+        if text and budget - used - cost >= MIN_MESSAGE_TOKENS:
+            full_system, used = full_system + text, used + cost
+
+    # Recalled turns: whole lines, newest relevance first, within their share.
+    recall_used, lines = 0, []
+    room = int(budget * recall_share) - counter.count_tokens(RECALL_HEADER) - 1
+    for line in recall_lines(recalled):
+        cost = counter.count_tokens(line) + over.separator
+        if recall_used + cost > room or budget - used - recall_used - cost < MIN_MESSAGE_TOKENS:
+            continue
+        lines.append(line)
+        recall_used += cost
+    if lines:
+        full_system += RECALL_HEADER + "\n".join(lines)
+        used += recall_used + counter.count_tokens(RECALL_HEADER) + 1
 
     truncated = False
+    available = budget - used
     message_tokens = counter.count_tokens(message)
     if message_tokens > available:
         message = _truncate(counter, message, available)
         message_tokens = counter.count_tokens(message)
         truncated = True
+    used += message_tokens
 
-    remaining = available - message_tokens
+    # Recent turns, newest first, whole turns only. A turn merged into a neighbour of
+    # its own role costs a separator instead of a message.
     chosen: list[Turn] = []
+    history_used = 0
     for turn in reversed(turns):
-        cost = turn.tokens + over.per_message
-        if cost > remaining:
+        cost = turn.tokens + over.per_message + over.separator
+        if used + history_used + cost > budget:
             break
         chosen.append(turn)
-        remaining -= cost
+        history_used += cost
     chosen.reverse()
 
-    for _ in range(MAX_FIT_ROUNDS + len(chosen)):
-        messages, used = _assemble(full_system, chosen, message)
-        tokens = counter.count_prompt_tokens(messages)
-        if tokens <= budget:
-            return ContextWindow(messages, message, tokens, budget, used, truncated)
-        if chosen:
-            chosen.pop(0)
-            continue
-        # Only the current message is left to give: cut it by the overshoot.
-        keep = counter.count_tokens(message) - (tokens - budget)
-        message = _truncate(counter, message, keep)
-        truncated = True
-    raise ContextError(f"could not fit the message into a {budget}-token context window")
+    messages, kept = _assemble(full_system, chosen, message)
+    used += sum(t.tokens + over.per_message + over.separator for t in kept)
+    oldest = next((t.id for t in kept if isinstance(t, StoredTurn)), None)
+    return ContextWindow(
+        messages=messages,
+        message=message,
+        tokens=used,
+        budget=budget,
+        turns_used=len(kept),
+        message_truncated=truncated,
+        oldest_turn_id=oldest,
+        recalled=len(lines),
+    )
 
 
 def _truncate(counter: TokenCounter, text: str, max_tokens: int) -> str:
-    room = max(max_tokens - counter.count_tokens(TRUNCATION_MARKER), 1)
+    room = max(max_tokens - counter.count_tokens(TRUNCATION_MARKER) - 1, 1)
     return counter.truncate_tokens(text, room) + TRUNCATION_MARKER
 
 
-def _assemble(system: str, turns: Sequence[Turn], message: str) -> tuple[list[ChatMessage], int]:
+def _assemble(
+    system: str, turns: Sequence[Turn], message: str
+) -> tuple[list[ChatMessage], list[Turn]]:
     """Chat-template-valid messages: system first, then user/assistant alternating,
-    starting with a user turn and ending with the current message; and how many
-    turns made it in."""
+    starting with a user turn and ending with the current message; and the turns that
+    made it in."""
     history: list[ChatMessage] = []
-    used = 0
+    kept: list[Turn] = []
     for turn in turns:
         if not history and turn.role == "assistant":
             continue  # a reply whose question was trimmed away
-        used += 1
+        kept.append(turn)
         if history and history[-1]["role"] == turn.role:
             history[-1] = {
                 "role": turn.role,
@@ -171,4 +219,4 @@ def _assemble(system: str, turns: Sequence[Turn], message: str) -> tuple[list[Ch
         last = history.pop()
         message = last["content"] + MERGE_SEPARATOR + message
     messages = [{"role": "system", "content": system}, *history]
-    return [*messages, {"role": "user", "content": message}], used
+    return [*messages, {"role": "user", "content": message}], kept

@@ -11,6 +11,10 @@ another:
     mb:{u<user>}:g<guild>:turn     HASH turn id -> turn record (JSON)
     mb:{u<user>}:g<guild>:msg      HASH Discord/terminal message id -> turn id
     mb:{u<user>}:g<guild>:seq      STRING last turn id
+    mb:{u<user>}:g<guild>:terms    HASH user turn id -> "<time> <search terms>" (recall)
+    mb:{u<user>}:g<guild>:profile  HASH fact field -> fact (JSON, with its source message)
+    mb:{u<user>}:g<guild>:summary  STRING rolling summary (JSON: text, covered turns, version)
+    mb:{u<user>}:g<guild>:lock     STRING upkeep lock token (short TTL, not indexed)
     mb:{u<user>}:dm:...            the same for direct messages
 
 Per-server settings that admins change live under the server's own tag:
@@ -66,7 +70,8 @@ def _decode_part(encoded: str) -> str:
     return raw
 
 
-SCOPE_KINDS = ("turns", "turn", "msg", "seq")
+SCOPE_KINDS = ("turns", "turn", "msg", "seq", "terms", "profile", "summary")
+OTHER_KINDS = ("lock",)
 GUILD_KINDS = ("chat_channels", "personas")
 
 
@@ -83,7 +88,7 @@ class Keys:
         return f"{self.user_tag(user_id)}:index"
 
     def scope_key(self, user_id: str, scope: Scope, kind: str) -> str:
-        if kind not in SCOPE_KINDS:
+        if kind not in SCOPE_KINDS + OTHER_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.user_tag(user_id)}:{scope.name}:{kind}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["user", "assistant"]
 
@@ -26,3 +26,34 @@ class StoredTurn(Turn):
     """A turn read back from Redis, with the id memory gave it (its order in the scope)."""
 
     id: int = Field(ge=1)
+
+
+class Fact(BaseModel):
+    """One profile fact: a value the user stated, and where they stated it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    label: str = Field(min_length=1, max_length=80)
+    value: str = Field(min_length=1, max_length=200)
+    message_id: str | None = None
+    turn_id: int = Field(ge=0)
+    time: float = Field(ge=0)
+
+
+class Summary(BaseModel):
+    """The rolling summary of turns that left the window."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    text: str = ""
+    covers: list[int] = Field(default_factory=list)  # the turn ids folded in
+    upto: int = Field(default=0, ge=0)  # every turn up to this id is folded in
+    stale: bool = False  # a covered turn was edited or deleted: rebuild it
+    version: int = Field(default=0, ge=0)
+    time: float = Field(default=0.0, ge=0)
+
+    @field_validator("covers", mode="before")
+    @classmethod
+    def _lua_empty_array(cls, value: object) -> object:
+        # Lua's cjson writes an empty array as {}.
+        return [] if value == {} else value

@@ -6,9 +6,12 @@ process never leaves half an exchange behind, and a retried write is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -18,8 +21,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from memory import profile as facts
 from memory.keys import Keys, Scope
-from memory.records import StoredTurn, Turn
+from memory.recall import Candidate, recall_entry
+from memory.records import Fact, StoredTurn, Summary, Turn
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +37,26 @@ class MemoryUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class MemorySnapshot:
-    """What memory holds for one reply: recent turns (oldest first) and the slots
-    the context builder fills before them."""
+    """What memory holds for one reply: recent turns (oldest first), older user turns
+    that recall may bring back, profile facts and the rolling summary."""
 
     turns: list[StoredTurn]
-    profile: str = ""
-    summary: str = ""
+    candidates: list[Candidate] = field(default_factory=list)
+    facts: list[Fact] = field(default_factory=list)
+    summary: Summary | None = None
     skipped: int = 0
+
+    @property
+    def profile(self) -> str:
+        return facts.render([(f.label, f.value) for f in self.facts])
+
+    @property
+    def summary_text(self) -> str:
+        return self.summary.text if self.summary else ""
+
+
+class UpkeepBusy(Exception):
+    """Another task or process holds this scope's upkeep lock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +66,7 @@ class AppendResult:
     assistant_turn_id: int | None = None
 
 
-@dataclass(slots=True)
-class ScopeExport:
-    turns: list[dict[str, Any]] = field(default_factory=list)
+LOCK_MS = 30_000
 
 
 def _load_script(name: str) -> str:
@@ -78,6 +94,9 @@ class MemoryStore:
         self._reset: AsyncScript = client.register_script(_load_script("reset"))
         self._delete: AsyncScript = client.register_script(_load_script("delete_message"))
         self._edit: AsyncScript = client.register_script(_load_script("edit_message"))
+        self._profile_set: AsyncScript = client.register_script(_load_script("profile_set"))
+        self._summary_set: AsyncScript = client.register_script(_load_script("summary_set"))
+        self._unlock: AsyncScript = client.register_script(_UNLOCK)
 
     async def ping(self) -> None:
         try:
@@ -86,18 +105,63 @@ class MemoryStore:
             raise MemoryUnavailable(str(exc)) from exc
 
     async def load(
-        self, scope: Scope, user_id: str, *, token_budget: int, max_turns: int = 256
+        self,
+        scope: Scope,
+        user_id: str,
+        *,
+        token_budget: int,
+        max_turns: int = 256,
+        max_candidates: int = 0,
     ) -> MemorySnapshot:
-        """The newest turns of this scope that fit `token_budget`, oldest first."""
-        turns_key = self.keys.scope_key(user_id, scope, "turns")
-        turn_key = self.keys.scope_key(user_id, scope, "turn")
+        """In one round trip: the newest turns that fit `token_budget` (oldest first),
+        up to `max_candidates` older user turns for recall, the profile facts and the
+        summary."""
+        k = self.keys
+        keys = [k.scope_key(user_id, scope, kind) for kind in
+                ("turns", "turn", "terms", "profile", "summary")]  # fmt: skip
         try:
-            flat = await self._load(keys=[turns_key, turn_key], args=[max_turns, token_budget])
+            recent, older, profile, summary = await self._load(
+                keys=keys, args=[max_turns, token_budget, max_candidates]
+            )
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
-        turns, skipped = self._parse(flat, where=turn_key)
+        turns, skipped = self._parse(recent, where=keys[1])
         turns.reverse()
-        return MemorySnapshot(turns=turns, skipped=skipped)
+        candidates = [
+            c
+            for i in range(0, len(older), 2)
+            if (c := Candidate.parse(int(_text(older[i])), _text(older[i + 1]))) is not None
+        ]
+        return MemorySnapshot(
+            turns=turns,
+            candidates=candidates,
+            facts=self._facts(profile, where=keys[3]),
+            summary=self._summary(summary, where=keys[4]),
+            skipped=skipped,
+        )
+
+    async def turns_by_id(self, scope: Scope, user_id: str, ids: list[int]) -> list[StoredTurn]:
+        """These turns (as far as they still exist), in the order asked."""
+        if not ids:
+            return []
+        key = self.keys.scope_key(user_id, scope, "turn")
+        try:
+            raws = await self._redis.hmget(key, [str(i) for i in ids])  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        flat = [x for i, raw in zip(ids, raws, strict=True) if raw is not None for x in (i, raw)]
+        return self._parse(flat, where=key)[0]
+
+    async def turns_between(
+        self, scope: Scope, user_id: str, first: int, last: int
+    ) -> list[StoredTurn]:
+        """Stored turns with ids from `first` to `last`, oldest first."""
+        order = self.keys.scope_key(user_id, scope, "turns")
+        try:
+            ids = await self._redis.zrangebyscore(order, first, last)
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return await self.turns_by_id(scope, user_id, [int(_text(i)) for i in ids])  # type: ignore[arg-type]
 
     async def append(
         self,
@@ -120,6 +184,7 @@ class MemoryStore:
             assistant_turn.message_id or "",
             self.max_turns,
             self.retention_seconds or 0,
+            recall_entry(user_turn.time, user_turn.text),
         ]
         try:
             result = await self._append(keys=keys, args=args)
@@ -127,9 +192,31 @@ class MemoryStore:
             raise MemoryUnavailable(str(exc)) from exc
         if int(result[0]) == 0:
             return AppendResult(stored=False, user_turn_id=int(result[1]))
-        return AppendResult(
-            stored=True, user_turn_id=int(result[1]), assistant_turn_id=int(result[2])
-        )
+        uid = int(result[1])
+        # Facts go in after the turn: a crash between the two loses only the facts, and
+        # a retry (same message id) does not reach here twice.
+        await self._set_facts(scope, user_id, uid, user_turn)
+        return AppendResult(stored=True, user_turn_id=uid, assistant_turn_id=int(result[2]))
+
+    async def _set_facts(self, scope: Scope, user_id: str, turn_id: int, turn: Turn) -> int:
+        found = facts.extract(turn.text)
+        if not found:
+            return 0
+        args: list[str | int] = [turn_id, self.retention_seconds or 0]
+        for statement in found:
+            fact = Fact(
+                label=statement.label,
+                value=statement.value,
+                message_id=turn.message_id,
+                turn_id=turn_id,
+                time=turn.time,
+            )
+            args += [statement.field, fact.model_dump_json()]
+        key = self.keys.scope_key(user_id, scope, "profile")
+        try:
+            return int(await self._profile_set(keys=[key], args=args))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
 
     async def reset(self, scope: Scope, user_id: str) -> int:
         """Clear one scope of one user; returns how many turns went."""
@@ -140,8 +227,10 @@ class MemoryStore:
             raise MemoryUnavailable(str(exc)) from exc
 
     async def delete_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
-        """Remove the turn of a message its author deleted; False if none was stored."""
-        keys = [self.keys.scope_key(user_id, scope, k) for k in ("turns", "turn", "msg")]
+        """Remove the turn of a message its author deleted, with its recall entry and the
+        facts it stated; a summary that covered it goes stale. False if none was stored."""
+        keys = [self.keys.scope_key(user_id, scope, k)
+                for k in ("turns", "turn", "msg", "terms", "profile", "summary")]  # fmt: skip
         try:
             return bool(await self._delete(keys=keys, args=[message_id]))
         except RedisError as exc:
@@ -150,12 +239,70 @@ class MemoryStore:
     async def edit_message(
         self, scope: Scope, user_id: str, message_id: str, text: str, tokens: int
     ) -> bool:
-        """Replace the stored text of a message its author edited."""
-        keys = [self.keys.scope_key(user_id, scope, k) for k in ("turn", "msg")]
+        """Replace the stored text of a message its author edited, and what was drawn
+        from it (recall entry, facts); a summary that covered it goes stale."""
+        keys = [self.keys.scope_key(user_id, scope, k)
+                for k in ("turn", "msg", "terms", "profile", "summary")]  # fmt: skip
+        now = time.time()
         try:
-            return bool(await self._edit(keys=keys, args=[message_id, text, tokens]))
+            turn_id = int(
+                await self._edit(
+                    keys=keys, args=[message_id, text, tokens, recall_entry(now, text)]
+                )
+            )
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
+        if not turn_id:
+            return False
+        edited = Turn(role="user", text=text, time=now, message_id=message_id, tokens=tokens)
+        await self._set_facts(scope, user_id, turn_id, edited)
+        return True
+
+    async def facts(self, scope: Scope, user_id: str) -> list[Fact]:
+        key = self.keys.scope_key(user_id, scope, "profile")
+        try:
+            raw = await self._redis.hgetall(key)  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return self._facts([x for kv in raw.items() for x in kv], where=key)
+
+    async def summary(self, scope: Scope, user_id: str) -> Summary | None:
+        key = self.keys.scope_key(user_id, scope, "summary")
+        try:
+            raw = await self._redis.get(key)
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return self._summary(raw, where=key)
+
+    async def set_summary(self, scope: Scope, user_id: str, summary: Summary, read: int) -> bool:
+        """Write a new summary unless another writer replaced version `read` meanwhile."""
+        key = self.keys.scope_key(user_id, scope, "summary")
+        body = summary.model_dump_json(exclude={"version"})
+        try:
+            version = await self._summary_set(
+                keys=[key], args=[read, body, self.retention_seconds or 0]
+            )
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return bool(int(version))
+
+    @contextlib.asynccontextmanager
+    async def upkeep_lock(self, scope: Scope, user_id: str) -> AsyncIterator[None]:
+        """Serialises background upkeep of one scope across tasks and bot processes.
+        Raises `UpkeepBusy` at once when it is held; expires by itself if a holder dies."""
+        key = self.keys.scope_key(user_id, scope, "lock")
+        token = secrets.token_hex(16)
+        try:
+            acquired = await self._redis.set(key, token, nx=True, px=LOCK_MS)
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        if not acquired:
+            raise UpkeepBusy(key)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._unlock(keys=[key], args=[token])
 
     async def has_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
         """Whether a turn for this message id is stored in the scope."""
@@ -193,10 +340,13 @@ class MemoryStore:
         """Everything stored about this user, in every scope, as JSON-ready data."""
         scopes: dict[str, Any] = {}
         for scope in await self.scopes(user_id):
+            summary = await self.summary(scope, user_id)
             scopes[scope.name] = {
                 "where": str(scope),
                 "guild_id": scope.guild_id,
                 "turns": await self.history(scope, user_id),
+                "profile": [f.model_dump() for f in await self.facts(scope, user_id)],
+                "summary": summary.model_dump() if summary else None,
             }
         return {"user_id": user_id, "exported_at": time.time(), "scopes": scopes}
 
@@ -236,6 +386,34 @@ class MemoryStore:
                 skipped += 1
                 log.warning("skipped an unreadable turn %s in %s: %s", tid, where, _short(exc))
         return turns, skipped
+
+    @staticmethod
+    def _facts(flat: list[Any], *, where: str) -> list[Fact]:
+        found: list[Fact] = []
+        for i in range(0, len(flat), 2):
+            try:
+                found.append(Fact.model_validate_json(flat[i + 1]))
+            except ValidationError as exc:
+                log.warning("skipped an unreadable fact in %s: %s", where, _short(exc))
+        return sorted(found, key=lambda f: (f.turn_id, f.label))
+
+    @staticmethod
+    def _summary(raw: bytes | str | None, *, where: str) -> Summary | None:
+        if not raw:
+            return None
+        try:
+            return Summary.model_validate_json(raw)
+        except ValidationError as exc:
+            log.warning("skipped an unreadable summary in %s: %s", where, _short(exc))
+            return None
+
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def _text(value: bytes | str) -> str:

@@ -18,7 +18,7 @@ from memory.context import (
     build_context,
     context_budget,
 )
-from memory.records import Turn
+from memory.records import StoredTurn, Turn
 
 SYSTEM = "You are mediabot, a friendly assistant for films and TV."
 
@@ -40,8 +40,11 @@ def turns_for(gen: LocalGenerator, items: list[tuple[str, str]]) -> list[Turn]:
 
 
 def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budget: int) -> None:
-    assert window.tokens == gen.count_prompt_tokens(window.messages)
-    assert window.tokens <= budget
+    # The window's count bounds the exact count of the rendered template, closely.
+    exact = gen.count_prompt_tokens(window.messages)
+    assert exact <= window.tokens <= budget
+    joins = sum(m["content"].count(MERGE_SEPARATOR) + 1 for m in window.messages)
+    assert window.tokens - exact <= 8 * (window.turns_used + window.recalled) + 2 * joins + 12
     roles = [m["role"] for m in window.messages]
     assert roles[0] == "system" and window.messages[0]["content"].startswith(SYSTEM)
     assert roles[1::2] == ["user"] * len(roles[1::2])
@@ -67,6 +70,7 @@ def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budge
     budget=st.integers(200, 2048),
     profile=text,
     summary=text,
+    recalled=st.lists(text.filter(lambda s: s.strip() != ""), max_size=8),
 )
 def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
     generator: LocalGenerator,
@@ -75,6 +79,7 @@ def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
     budget: int,
     profile: str,
     summary: str,
+    recalled: list[str],
 ) -> None:
     window = build_context(
         generator,
@@ -84,6 +89,10 @@ def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
         budget=budget,
         profile=profile,
         summary=summary,
+        recalled=[
+            StoredTurn(role="user", text=t, time=0, tokens=generator.count_tokens(t), id=i + 1)
+            for i, t in enumerate(recalled)
+        ],
     )
     check_window(generator, window, message, budget)
     assert window.turns_used <= len(history)

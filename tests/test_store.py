@@ -107,7 +107,7 @@ async def test_every_key_gets_the_retention_ttl(
 ) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     found = await user_keys(redis_client, keys, "u1")
-    assert len(found) == 5  # index + turns, turn, msg, seq
+    assert len(found) == 6  # index + turns, turn, msg, seq, terms (no facts, no summary yet)
     for key in found:
         ttl = await redis_client.ttl(key)
         assert 3590 < ttl <= 3600, key

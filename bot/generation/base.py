@@ -13,6 +13,11 @@ class GenerationError(Exception):
     """Generation failed; the message is one sentence that can be shown to a user."""
 
 
+class GeneratorBusy(GenerationError):
+    """A background generation was refused or stopped because a live request needs the
+    model: background work must never delay a reply."""
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     max_new_tokens: int = 256
@@ -39,6 +44,13 @@ class Generator(Protocol):
     ) -> AsyncIterator[str]:
         """Yield text pieces as they are decoded; stop at the end token or
         `max_new_tokens`. Closing the iterator early cancels the generation."""
+        ...
+
+    def stream_background(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Like `stream`, at low priority: raises `GeneratorBusy` rather than delay a
+        live request."""
         ...
 
     def count_tokens(self, text: str) -> int: ...

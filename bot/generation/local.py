@@ -6,21 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bot.generation.base import GenerationError, GenerationParams
+from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy
+from bot.generation.tokenizer import ChatTokenizer
 from bot.generation.weights import Progress, model_dir, offline
 from bot.settings import ModelSettings
 from memory.context import ChatMessage
 
 log = logging.getLogger(__name__)
-
-# Shown where a special token's text would otherwise be read as the token itself.
-WORD_JOINER = "\u2060"
 
 
 class _Done:
@@ -70,20 +67,18 @@ class LocalGenerator:
 
         self._model = model
         self._tokenizer = tokenizer
+        self.tokens = ChatTokenizer(tokenizer)
         self._torch = torch
         self.device = next(model.parameters()).device
         self._slots = asyncio.Semaphore(concurrency)
+        self._live_waiting = 0
+        self._background: set[threading.Event] = set()
+        self._preempted: set[threading.Event] = set()
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="generate")
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self._eos_ids = sorted(i for i in eos if i is not None)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
-        specials = sorted(
-            {t for t in tokenizer.all_special_tokens} | set(tokenizer.get_added_vocab()),
-            key=len,
-            reverse=True,
-        )
-        self._special_re = re.compile("|".join(re.escape(s) for s in specials if len(s) > 1))
         limits = [model.config.max_position_embeddings, tokenizer.model_max_length]
         self._context_length = min(int(x) for x in limits if x and int(x) < 10**7)
 
@@ -138,66 +133,83 @@ class LocalGenerator:
         return self._context_length
 
     def neutralise(self, text: str) -> str:
-        """Special-token text typed by a user (`<|im_start|>`) stays text: a word
-        joiner after its first character keeps the tokenizer from reading a token."""
-        return self._special_re.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], text)
-
-    def _encode(self, text: str) -> list[int]:
-        ids: list[int] = self._tokenizer(self.neutralise(text), add_special_tokens=False)[
-            "input_ids"
-        ]
-        return ids
+        return self.tokens.neutralise(text)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
+        return self.tokens.count_tokens(text)
 
     def truncate_tokens(self, text: str, max_tokens: int) -> str:
-        text = self.neutralise(text)
-        enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(enc["input_ids"]) <= max_tokens:
-            return text
-        if max_tokens <= 0:
-            return ""
-        end = int(enc["offset_mapping"][max_tokens - 1][1])
-        return text[:end]
+        return self.tokens.truncate_tokens(text, max_tokens)
 
     def render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The prompt's token ids under the model's chat template."""
-        safe = [{"role": m["role"], "content": self.neutralise(m["content"])} for m in messages]
-        out = self._tokenizer.apply_chat_template(safe, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return self.tokens.render(messages)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self.render(messages))
+        return self.tokens.count_prompt_tokens(messages)
 
     def decode(self, ids: list[int]) -> str:
-        text: str = self._tokenizer.decode(ids, skip_special_tokens=True)
-        return text
+        return self.tokens.decode(ids)
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[str]:
-        prompt = self.render(messages)
-        if len(prompt) >= self.context_length:
-            raise GenerationError("The conversation is too long for the model's context window.")
+        """A live request: it waits for a slot, and any background generation running
+        is stopped at its next token to make room."""
+        self._live_waiting += 1
+        for stop in self._background:
+            self._preempted.add(stop)
+            stop.set()
+        try:
+            await self._slots.acquire()
+        finally:
+            self._live_waiting -= 1
+        async for piece in self._run(messages, params, threading.Event()):
+            yield piece
+
+    async def stream_background(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Low priority: runs only while no live request waits or runs, and raises
+        `GeneratorBusy` (at once, or at the next token) when one does."""
+        if self._live_waiting or self._slots.locked():
+            raise GeneratorBusy("The model is busy with replies.")
+        await self._slots.acquire()
+        stop = threading.Event()
+        self._background.add(stop)
+        try:
+            async for piece in self._run(messages, params, stop):
+                yield piece
+        finally:
+            self._background.discard(stop)
+            preempted = stop in self._preempted
+            self._preempted.discard(stop)
+        if preempted:
+            raise GeneratorBusy("Stopped to make room for a reply.")
+
+    async def _run(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, stop: threading.Event
+    ) -> AsyncIterator[str]:
+        """Generate with a slot already held; the slot is released when the worker
+        thread has really stopped, whatever happens here."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Item] = asyncio.Queue()
-        stop = threading.Event()
 
         def emit(item: Item) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed while we ran
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        await self._slots.acquire()
         try:
+            prompt = self.render(messages)
+            if len(prompt) >= self.context_length:
+                raise GenerationError(
+                    "The conversation is too long for the model's context window."
+                )
             future = loop.run_in_executor(
                 self._executor, self._generate, prompt, params, stop, emit
             )
         except BaseException:
             self._slots.release()
             raise
-        # The slot is free again only when the worker has really stopped.
         future.add_done_callback(lambda _: self._slots.release())
         try:
             while True:

@@ -1,10 +1,12 @@
 -- Append one exchange (user turn + assistant turn) to a scope, atomically.
--- KEYS: index, turns (zset), turn (hash), msg (hash), seq (string)
+-- KEYS: index, turns (zset), turn (hash), msg (hash), seq (string), terms (hash),
+--       profile (hash), summary (string): every key of the scope
 -- ARGV: user message id, user turn JSON, assistant turn JSON,
---       assistant message id ('' for none), cap (turns kept), ttl seconds (0 = keep)
+--       assistant message id ('' for none), cap (turns kept), ttl seconds (0 = keep),
+--       the user turn's recall entry ("<time> <terms>")
 -- Returns {1, user turn id, assistant turn id}, or {0, existing user turn id}
 -- when this user message id was stored before (a retried write is a no-op).
-local index, zturns, hturn, hmsg, kseq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local index, zturns, hturn, hmsg, kseq, hterms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local existing = redis.call('HGET', hmsg, ARGV[1])
 if existing then
   return {0, tonumber(existing)}
@@ -17,8 +19,11 @@ redis.call('HSET', hmsg, ARGV[1], uid)
 if ARGV[4] ~= '' then
   redis.call('HSET', hmsg, ARGV[4], aid)
 end
+if ARGV[7] ~= '' then
+  redis.call('HSET', hterms, uid, ARGV[7])
+end
 
--- Trim the oldest turns past the cap, with their message-id entries.
+-- Trim the oldest turns past the cap, with their message ids and recall entries.
 local cap = tonumber(ARGV[5])
 local excess = redis.call('ZCARD', zturns) - cap
 while excess > 0 do
@@ -38,11 +43,14 @@ while excess > 0 do
   end
   redis.call('ZREMRANGEBYRANK', zturns, 0, batch - 1)
   redis.call('HDEL', hturn, unpack(old))
+  redis.call('HDEL', hterms, unpack(old))
   excess = excess - batch
 end
 
-redis.call('SADD', index, zturns, hturn, hmsg, kseq)
 local ttl = tonumber(ARGV[6])
+for i = 2, #KEYS do
+  redis.call('SADD', index, KEYS[i])
+end
 for _, key in ipairs(KEYS) do
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)

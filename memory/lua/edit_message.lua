@@ -1,7 +1,9 @@
--- Replace the text of the turn stored for one message id (its author edited it).
--- KEYS: turn (hash), msg (hash)
--- ARGV: message id, new text, its token count
--- Returns 1 when a turn was updated, else 0 (unknown id, or an unreadable record).
+-- Replace the text of the turn stored for one message id (its author edited it): its
+-- record, its recall entry, and the profile facts it stated (the caller sets the new
+-- ones); a summary covering it goes stale.
+-- KEYS: turn (hash), msg (hash), terms (hash), profile (hash), summary (string)
+-- ARGV: message id, new text, its token count, new recall entry ('' for none)
+-- Returns the turn id when a turn was updated, else 0.
 local id = redis.call('HGET', KEYS[2], ARGV[1])
 if not id then
   return 0
@@ -18,4 +20,22 @@ rec.text = ARGV[2]
 rec.tokens = tonumber(ARGV[3])
 rec.edited = true
 redis.call('HSET', KEYS[1], id, cjson.encode(rec))
-return 1
+if ARGV[4] ~= '' and rec.role == 'user' then
+  redis.call('HSET', KEYS[3], id, ARGV[4])
+end
+local facts = redis.call('HGETALL', KEYS[4])
+for i = 1, #facts, 2 do
+  local fok, fact = pcall(cjson.decode, facts[i + 1])
+  if fok and type(fact) == 'table' and fact.message_id == ARGV[1] then
+    redis.call('HDEL', KEYS[4], facts[i])
+  end
+end
+local sraw = redis.call('GET', KEYS[5])
+if sraw then
+  local sok, summary = pcall(cjson.decode, sraw)
+  if sok and type(summary) == 'table' and tonumber(summary.upto or 0) >= tonumber(id) then
+    summary.stale = true
+    redis.call('SET', KEYS[5], cjson.encode(summary), 'KEEPTTL')
+  end
+end
+return tonumber(id)

@@ -13,6 +13,8 @@ from discord.ext import commands
 from bot.discord.chunks import MESSAGE_LIMIT, defuse_mentions
 from bot.discord.client import MediaBot
 from bot.discord.cogs.chat import scope_of
+from memory.profile import render
+from memory.records import Fact
 from memory.store import MemoryUnavailable
 
 Button = discord.ui.Button["ConfirmForget"]
@@ -22,10 +24,15 @@ SHOWN_TURNS = 10
 SHOWN_CHARS = 150
 
 
-def memory_summary(records: list[dict[str, object]], where: str) -> str:
-    if not records:
+def memory_summary(records: list[dict[str, object]], facts: list[Fact], where: str) -> str:
+    if not records and not facts:
         return f"I don't remember anything of our conversation in {where}."
-    lines = [f"I remember {len(records)} messages of our conversation in {where}. The last ones:"]
+    lines = []
+    if facts:
+        lines += ["What I know about you here:", render([(f.label, f.value) for f in facts])]
+    lines.append(f"I remember {len(records)} messages of our conversation in {where}.")
+    if records:
+        lines[-1] += " The last ones:"
     for record in records[-SHOWN_TURNS:]:
         if "unreadable" in record:
             lines.append("- (an unreadable record)")
@@ -85,11 +92,12 @@ class Memory(commands.Cog):
         scope = scope_of(interaction.guild)
         try:
             records = await self.bot.services.memory.history(scope, str(interaction.user.id))
+            facts = await self.bot.services.memory.facts(scope, str(interaction.user.id))
         except MemoryUnavailable:
             await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
             return
         where = "our DMs" if interaction.guild is None else "this server"
-        await interaction.followup.send(memory_summary(records, where), ephemeral=True)
+        await interaction.followup.send(memory_summary(records, facts, where), ephemeral=True)
 
     @app_commands.command(name="reset", description="Forget our conversation here")
     async def reset(self, interaction: discord.Interaction) -> None:
