@@ -1,4 +1,4 @@
-"""Command line: `python -m bot chat | run | prepare-model` (also installed as `mediabot`)."""
+"""Command line: `python -m bot chat | run | bench-memory | prepare-model` (also `mediabot`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         help="print the context window the model reads, before each reply (to stderr)",
     )
     sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
+    bench = sub.add_parser(
+        "bench-memory", help="measure recall of old facts and context-build latency"
+    )
+    bench.add_argument("--out", type=Path, help="also write the JSON result here")
     sub.add_parser(
         "prepare-model", help="convert and cache the embedded model now (for images and CI)"
     )
@@ -100,6 +105,18 @@ async def _run(settings: Settings) -> int:
     return 0
 
 
+async def _bench_memory(settings: Settings, out: Path | None) -> int:
+    import json
+
+    from bot.bench_memory import main as bench
+    from bot.bench_memory import report
+
+    result = await bench(settings, out)
+    print(json.dumps(result, indent=2))
+    print(report(result), file=sys.stderr)
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -130,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _prepare(settings)
         if args.command == "run":
             return asyncio.run(_run(settings))
+        if args.command == "bench-memory":
+            return asyncio.run(_bench_memory(settings, args.out))
         return asyncio.run(_chat(settings, args))
     except (PromptError, ContextError) as exc:
         print(f"Configuration problem: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,11 +19,11 @@ from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
-from memory.context import ContextWindow, build_context, context_budget
+from memory.context import ContextWindow, context_budget
 from memory.keys import Scope
-from memory.recall import Candidate, rank, terms
-from memory.records import StoredTurn, Turn
+from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
+from memory.window import WindowPolicy, assemble_window
 from prompts import Persona, load_persona, load_rules
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,17 @@ class Assistant:
         self.budget = context_budget(
             generator.context_length, gen.max_new_tokens, gen.context_margin, gen.max_context_tokens
         )
+        mem = settings.memory
+        self.policy = WindowPolicy(
+            budget=self.budget,
+            profile_share=mem.profile_share,
+            summary_share=mem.summary_share,
+            recall_share=mem.recall_share,
+            recall_threshold=mem.recall_threshold,
+            recall_half_life_days=mem.recall_half_life_days,
+            recall_candidates=mem.recall_candidates,
+            recall_limit=mem.recall_limit,
+        )
         self.upkeep = Upkeep(
             memory,
             generator,
@@ -141,20 +152,23 @@ class Assistant:
             await sink.notice(CONTROLS_STRIPPED)
 
         remember = True
+        system = self.system_prompt(request.persona, request.user_name)
         try:
-            snapshot = await self.memory.load(
-                request.scope,
-                request.user_id,
-                token_budget=self.budget,
-                max_candidates=mem.recall_candidates,
+            window, _ = await assemble_window(
+                self.memory,
+                self.generator,
+                self.policy,
+                scope=request.scope,
+                user_id=request.user_id,
+                system=system,
+                message=clean.text,
+                now=self._clock(),
             )
-            recalled = await self._recall(request, clean.text, snapshot)
         except MemoryUnavailable as exc:
             log.warning("memory load failed: %s", exc)
             await sink.notice(MEMORY_READ_FAILED)
-            snapshot, recalled, remember = MemorySnapshot(turns=[]), [], False
-
-        window = self._build(request, clean.text, snapshot, recalled)
+            window = self.policy.build(self.generator, system, clean.text, MemorySnapshot([]))
+            remember = False
         await sink.context(window)
         if window.message_truncated:
             await sink.notice(truncated_notice())
@@ -204,51 +218,3 @@ class Assistant:
         # Turns older than this window are folded into the summary, in the background.
         self.upkeep.schedule(request.scope, request.user_id, window.oldest_turn_id)
         return ReplyOutcome(text=text, stored=True, generated=True, window=window)
-
-    def _build(
-        self,
-        request: ReplyRequest,
-        message: str,
-        snapshot: MemorySnapshot,
-        recalled: Sequence[StoredTurn] = (),
-    ) -> ContextWindow:
-        mem = self.settings.memory
-        return build_context(
-            self.generator,
-            system=self.system_prompt(request.persona, request.user_name),
-            message=message,
-            turns=snapshot.turns,
-            budget=self.budget,
-            profile=snapshot.profile,
-            summary=snapshot.summary_text,
-            recalled=recalled,
-            profile_share=mem.profile_share,
-            summary_share=mem.summary_share,
-            recall_share=mem.recall_share,
-        )
-
-    async def _recall(
-        self, request: ReplyRequest, message: str, snapshot: MemorySnapshot
-    ) -> list[StoredTurn]:
-        """Older turns relevant to this message. Candidates are the user turns that are
-        not in the window: those memory left out, and loaded ones the window drops."""
-        mem = self.settings.memory
-        if mem.recall_limit == 0 or mem.recall_share == 0:
-            return []
-        oldest = self._build(request, message, snapshot).oldest_turn_id
-        dropped = [
-            Candidate(t.id, t.time, terms(t.text))
-            for t in snapshot.turns
-            if t.role == "user" and (oldest is None or t.id < oldest)
-        ]
-        ranked = rank(
-            message,
-            snapshot.candidates + dropped,
-            now=self._clock(),
-            threshold=mem.recall_threshold,
-            half_life_days=mem.recall_half_life_days,
-            limit=mem.recall_limit,
-        )
-        return await self.memory.turns_by_id(
-            request.scope, request.user_id, [r.turn_id for r in ranked]
-        )

@@ -108,7 +108,7 @@ class MemorySettings(BaseSettings):
     retention_days: float = Field(
         default=30.0, ge=0, description="Idle time after which a scope is forgotten; 0 keeps it."
     )
-    max_turns: int = Field(default=500, ge=2, le=100_000, description="Turns kept per scope.")
+    max_turns: int = Field(default=1000, ge=2, le=100_000, description="Turns kept per scope.")
     key_prefix: str = Field(default="mb", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     profile_share: float = Field(default=0.10, ge=0.0, le=0.5)
     summary_share: float = Field(default=0.15, ge=0.0, le=0.5)

@@ -11,7 +11,9 @@ another:
     mb:{u<user>}:g<guild>:turn     HASH turn id -> turn record (JSON)
     mb:{u<user>}:g<guild>:msg      HASH Discord/terminal message id -> turn id
     mb:{u<user>}:g<guild>:seq      STRING last turn id
-    mb:{u<user>}:g<guild>:terms    HASH user turn id -> "<time> <search terms>" (recall)
+    mb:{u<user>}:g<guild>:terms    HASH turn id -> "<u|a> <time> <tokens> <search terms>"
+    mb:{u<user>}:g<guild>:postings HASH search term -> ids of the user turns holding it
+    mb:{u<user>}:g<guild>:stats    HASH docs, terms: how many user turns and terms indexed
     mb:{u<user>}:g<guild>:profile  HASH fact field -> fact (JSON, with its source message)
     mb:{u<user>}:g<guild>:summary  STRING rolling summary (JSON: text, covered turns, version)
     mb:{u<user>}:g<guild>:lock     STRING upkeep lock token (short TTL, not indexed)
@@ -70,7 +72,9 @@ def _decode_part(encoded: str) -> str:
     return raw
 
 
-SCOPE_KINDS = ("turns", "turn", "msg", "seq", "terms", "profile", "summary")
+SCOPE_KINDS = (
+    "turns", "turn", "msg", "seq", "terms", "profile", "summary", "postings", "stats",
+)  # fmt: skip
 OTHER_KINDS = ("lock",)
 GUILD_KINDS = ("chat_channels", "personas")
 

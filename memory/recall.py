@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[0-9a-zà-ÿ]+(?:'[a-z]+)?")
@@ -40,31 +39,52 @@ def terms(text: str) -> list[str]:
     return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
-def recall_entry(time: float, text: str) -> str:
-    """What is stored per user turn for recall: its time and its terms."""
-    return f"{time:.3f} " + " ".join(terms(text))
+def index_entry(role: str, time: float, tokens: int, text: str) -> str:
+    """What memory keeps per turn besides the record, for loading without parsing JSON:
+    "<u|a> <time> <tokens> <search terms>" (terms for user turns only: recall covers
+    what the user said)."""
+    words = " ".join(terms(text)) if role == "user" else ""
+    return f"{role[0]} {time:.3f} {tokens} {words}".rstrip()
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     turn_id: int
     time: float
-    terms: list[str]
+    terms: tuple[str, ...]
 
     @classmethod
-    def parse(cls, turn_id: int, entry: str) -> Candidate | None:
-        head, _, rest = entry.partition(" ")
-        try:
-            when = float(head)
-        except ValueError:
-            return None
-        return cls(turn_id, when, rest.split())
+    def parse_lines(cls, blob: str) -> list[Candidate]:
+        """Candidates from load's "<id> <entry>" lines; malformed lines are skipped."""
+        found = []
+        for line in blob.splitlines():
+            parts = line.split()
+            try:
+                found.append(cls(int(parts[0]), float(parts[2]), tuple(parts[4:])))
+            except (IndexError, ValueError):
+                continue
+        return found
 
 
 @dataclass(frozen=True, slots=True)
 class Recalled:
     turn_id: int
     score: float  # relevance in [0, 1] times the recency decay
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    """BM25's statistics of everything searched: how many turns, how many terms."""
+
+    docs: int = 0
+    terms: int = 0
+
+    def __add__(self, other: Corpus) -> Corpus:
+        return Corpus(self.docs + other.docs, self.terms + other.terms)
+
+    @classmethod
+    def of(cls, candidates: list[Candidate]) -> Corpus:
+        return cls(len(candidates), sum(len(c.terms) for c in candidates))
 
 
 def rank(
@@ -75,33 +95,40 @@ def rank(
     threshold: float,
     half_life_days: float,
     limit: int,
+    corpus: Corpus | None = None,
 ) -> list[Recalled]:
     """The candidates worth recalling for `query`, best first.
 
     Relevance is BM25 divided by the best score any document could reach for this query
     (each query term present, at saturation), so it lies in [0, 1]; it is multiplied by
     0.5 ** (age / half-life). A candidate is kept only if that product is at least
-    `threshold` (exactly: `>=`)."""
+    `threshold` (exactly: `>=`). `candidates` may be only the turns sharing a term
+    with the query when `corpus` describes everything that was searched."""
     query_terms = list(dict.fromkeys(terms(query)))
     if not query_terms or not candidates or limit <= 0:
         return []
-    n = len(candidates)
-    avg_len = sum(len(c.terms) for c in candidates) / n or 1.0
-    df: Counter[str] = Counter()
+    stats = corpus if corpus is not None else Corpus.of(candidates)
+    n = max(stats.docs, len(candidates))
+    avg_len = stats.terms / n if n and stats.terms else 1.0
+    matches: list[tuple[Candidate, list[str]]] = []
+    df = dict.fromkeys(query_terms, 0)
     for c in candidates:
-        df.update(set(c.terms) & set(query_terms))
+        present = [t for t in query_terms if t in c.terms]
+        if present:
+            matches.append((c, present))
+            for t in present:
+                df[t] += 1
     idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in query_terms}
     best = sum(idf.values()) * (K1 + 1)
     if best <= 0:
         return []
     found: list[Recalled] = []
-    for c in candidates:
-        present = [t for t in query_terms if df[t] and t in c.terms]
-        if not present:
-            continue
-        counts = Counter(c.terms)
+    for c, present in matches:
         norm = K1 * (1 - B + B * len(c.terms) / avg_len)
-        score = sum(idf[t] * counts[t] * (K1 + 1) / (counts[t] + norm) for t in present)
+        score = 0.0
+        for t in present:
+            tf = c.terms.count(t)
+            score += idf[t] * tf * (K1 + 1) / (tf + norm)
         age_days = max(now - c.time, 0.0) / SECONDS_PER_DAY
         decay = 0.5 ** (age_days / half_life_days) if half_life_days > 0 else 1.0
         value = score / best * decay

@@ -7,11 +7,10 @@ process never leaves half an exchange behind, and a retried write is a no-op.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -23,7 +22,7 @@ from redis.exceptions import RedisError
 
 from memory import profile as facts
 from memory.keys import Keys, Scope
-from memory.recall import Candidate, recall_entry
+from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, Turn
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ class MemorySnapshot:
 
     turns: list[StoredTurn]
     candidates: list[Candidate] = field(default_factory=list)
+    corpus: Corpus = field(default_factory=Corpus)
     facts: list[Fact] = field(default_factory=list)
     summary: Summary | None = None
     skipped: int = 0
@@ -67,10 +67,22 @@ class AppendResult:
 
 
 LOCK_MS = 30_000
+# The keys each script takes, in its order (see the script's header).
+LOAD_KINDS = ("turns", "turn", "terms", "profile", "summary", "postings", "stats")
+DELETE_KINDS = ("turns", "turn", "msg", "terms", "profile", "summary", "postings", "stats")
+EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
+
+
+_WITH_INDEX = frozenset({"append", "delete_message", "edit_message"})
 
 
 def _load_script(name: str) -> str:
-    return (resources.files("memory") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """A script from memory/lua; those that change turns get the shared index helpers."""
+    folder = resources.files("memory") / "lua"
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    if name in _WITH_INDEX:
+        body = (folder / "_index.lua").read_text(encoding="utf-8") + body
+    return body
 
 
 class MemoryStore:
@@ -112,29 +124,28 @@ class MemoryStore:
         token_budget: int,
         max_turns: int = 256,
         max_candidates: int = 0,
+        query_terms: Sequence[str] = (),
     ) -> MemorySnapshot:
-        """In one round trip: the newest turns that fit `token_budget` (oldest first),
-        up to `max_candidates` older user turns for recall, the profile facts and the
-        summary."""
+        """In one round trip: the newest turns that fit `token_budget` (oldest first);
+        of the next `max_candidates` older user turns, those sharing a term with
+        `query_terms` (recall candidates) and statistics of all of them; the profile
+        facts and the summary."""
         k = self.keys
-        keys = [k.scope_key(user_id, scope, kind) for kind in
-                ("turns", "turn", "terms", "profile", "summary")]  # fmt: skip
+        keys = [k.scope_key(user_id, scope, kind) for kind in LOAD_KINDS]
         try:
-            recent, older, profile, summary = await self._load(
-                keys=keys, args=[max_turns, token_budget, max_candidates]
+            recent, older, profile, summary, stats = await self._load(
+                keys=keys, args=[max_turns, token_budget, max_candidates, *query_terms]
             )
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
         turns, skipped = self._parse(recent, where=keys[1])
         turns.reverse()
-        candidates = [
-            c
-            for i in range(0, len(older), 2)
-            if (c := Candidate.parse(int(_text(older[i])), _text(older[i + 1]))) is not None
-        ]
+        candidates = Candidate.parse_lines(_text(older))
+        docs, words = (int(x) for x in _text(stats).split())
         return MemorySnapshot(
             turns=turns,
             candidates=candidates,
+            corpus=Corpus(docs, words),
             facts=self._facts(profile, where=keys[3]),
             summary=self._summary(summary, where=keys[4]),
             skipped=skipped,
@@ -184,7 +195,8 @@ class MemoryStore:
             assistant_turn.message_id or "",
             self.max_turns,
             self.retention_seconds or 0,
-            recall_entry(user_turn.time, user_turn.text),
+            index_entry("user", user_turn.time, user_turn.tokens, user_turn.text),
+            index_entry("assistant", assistant_turn.time, assistant_turn.tokens, ""),
         ]
         try:
             result = await self._append(keys=keys, args=args)
@@ -229,8 +241,7 @@ class MemoryStore:
     async def delete_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
         """Remove the turn of a message its author deleted, with its recall entry and the
         facts it stated; a summary that covered it goes stale. False if none was stored."""
-        keys = [self.keys.scope_key(user_id, scope, k)
-                for k in ("turns", "turn", "msg", "terms", "profile", "summary")]  # fmt: skip
+        keys = [self.keys.scope_key(user_id, scope, k) for k in DELETE_KINDS]
         try:
             return bool(await self._delete(keys=keys, args=[message_id]))
         except RedisError as exc:
@@ -241,13 +252,13 @@ class MemoryStore:
     ) -> bool:
         """Replace the stored text of a message its author edited, and what was drawn
         from it (recall entry, facts); a summary that covered it goes stale."""
-        keys = [self.keys.scope_key(user_id, scope, k)
-                for k in ("turn", "msg", "terms", "profile", "summary")]  # fmt: skip
+        keys = [self.keys.scope_key(user_id, scope, k) for k in EDIT_KINDS]
         now = time.time()
         try:
             turn_id = int(
                 await self._edit(
-                    keys=keys, args=[message_id, text, tokens, recall_entry(now, text)]
+                    keys=keys,
+                    args=[message_id, text, tokens, index_entry("user", now, tokens, text)[2:]],
                 )
             )
         except RedisError as exc:
@@ -376,12 +387,17 @@ class MemoryStore:
         turns: list[StoredTurn] = []
         skipped = 0
         for i in range(0, len(flat), 2):
-            tid, raw = _text(flat[i]), flat[i + 1]
+            tid, raw = str(_text(flat[i]) if isinstance(flat[i], bytes) else flat[i]), flat[i + 1]
+            data = raw if isinstance(raw, bytes) else str(raw).encode()
             try:
-                data = json.loads(raw)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-                turns.append(StoredTurn.model_validate({**data, "id": int(tid)}))
+                # The record is a JSON object of our own: add its id and validate once.
+                if not data.rstrip().endswith(b"}") or not tid.isdigit():
+                    raise ValueError("not a JSON object")
+                turns.append(
+                    StoredTurn.model_validate_json(
+                        data.rstrip()[:-1] + b',"id":' + tid.encode() + b"}"
+                    )
+                )
             except (ValueError, ValidationError) as exc:
                 skipped += 1
                 log.warning("skipped an unreadable turn %s in %s: %s", tid, where, _short(exc))

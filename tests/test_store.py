@@ -107,7 +107,8 @@ async def test_every_key_gets_the_retention_ttl(
 ) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     found = await user_keys(redis_client, keys, "u1")
-    assert len(found) == 6  # index + turns, turn, msg, seq, terms (no facts, no summary yet)
+    # index + turns, turn, msg, seq, terms, postings, stats (no facts, no summary yet)
+    assert len(found) == 8
     for key in found:
         ttl = await redis_client.ttl(key)
         assert 3590 < ttl <= 3600, key

@@ -34,6 +34,12 @@ class ChatTokenizer:
 
         return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
 
+    @property
+    def context_length(self) -> int:
+        """The tokenizer's idea of the model's window (the model's config may say less)."""
+        limit = int(self.hf.model_max_length or 0)
+        return limit if 0 < limit < 10**7 else 2048
+
     def neutralise(self, text: str) -> str:
         """Special-token text typed by a user (`<|im_start|>`) stays text: a word
         joiner after its first character keeps the tokenizer from reading a token."""
@@ -51,6 +57,8 @@ class ChatTokenizer:
         return len(ids)
 
     def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        if len(text) <= 4096 and self.count_tokens(text) <= max_tokens:
+            return self.neutralise(text)  # the count is cached: no second pass
         text = self.neutralise(text)
         enc = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
         if len(enc["input_ids"]) <= max_tokens:

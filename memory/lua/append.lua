@@ -1,12 +1,15 @@
 -- Append one exchange (user turn + assistant turn) to a scope, atomically.
 -- KEYS: index, turns (zset), turn (hash), msg (hash), seq (string), terms (hash),
---       profile (hash), summary (string): every key of the scope
+--       profile (hash), summary (string), postings (hash), stats (hash): every key of
+--       the scope
 -- ARGV: user message id, user turn JSON, assistant turn JSON,
 --       assistant message id ('' for none), cap (turns kept), ttl seconds (0 = keep),
---       the user turn's recall entry ("<time> <terms>")
+--       the user turn's index entry, the assistant turn's index entry
+--       ("<u|a> <time> <tokens> <search terms>": what load reads instead of the JSON)
 -- Returns {1, user turn id, assistant turn id}, or {0, existing user turn id}
 -- when this user message id was stored before (a retried write is a no-op).
-local index, zturns, hturn, hmsg, kseq, hterms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local kindex, zturns, hturn, hmsg, kseq, hterms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local postings, stats = KEYS[9], KEYS[10]
 local existing = redis.call('HGET', hmsg, ARGV[1])
 if existing then
   return {0, tonumber(existing)}
@@ -19,18 +22,21 @@ redis.call('HSET', hmsg, ARGV[1], uid)
 if ARGV[4] ~= '' then
   redis.call('HSET', hmsg, ARGV[4], aid)
 end
-if ARGV[7] ~= '' then
-  redis.call('HSET', hterms, uid, ARGV[7])
-end
+redis.call('HSET', hterms, uid, ARGV[7], aid, ARGV[8])
+index(postings, stats, uid, ARGV[7])
 
--- Trim the oldest turns past the cap, with their message ids and recall entries.
+-- Trim the oldest turns past the cap, with their message ids and index entries.
 local cap = tonumber(ARGV[5])
 local excess = redis.call('ZCARD', zturns) - cap
 while excess > 0 do
   local batch = math.min(excess, 500)
   local old = redis.call('ZRANGE', zturns, 0, batch - 1)
   local raws = redis.call('HMGET', hturn, unpack(old))
+  local entries = redis.call('HMGET', hterms, unpack(old))
   for i, id in ipairs(old) do
+    if entries[i] then
+      unindex(postings, stats, id, entries[i])
+    end
     local raw = raws[i]
     if raw then
       local ok, rec = pcall(cjson.decode, raw)
@@ -49,7 +55,7 @@ end
 
 local ttl = tonumber(ARGV[6])
 for i = 2, #KEYS do
-  redis.call('SADD', index, KEYS[i])
+  redis.call('SADD', kindex, KEYS[i])
 end
 for _, key in ipairs(KEYS) do
   if ttl > 0 then
