@@ -7,7 +7,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_END = r"(?=\s*(?:[.,!?;:)]|\band\b|\bbut\b|\blast\b|\byesterday\b|\btoday\b|\bthis\b|$))"
+_END = (
+    r"(?=\s*(?:[.,!?;:)]|\b(?:and|but|last|yesterday|today|this|now|again|too|though|"
+    r"honestly|actually|lol)\b|$))"
+)
 _NAME = r"([A-Z][\w'-]{1,30}(?: [A-Z][\w'-]{1,30})?)"
 _TITLE = r"([A-Z0-9][^.,!?;:\n]{0,60}?)"
 KINDS = (
@@ -29,9 +32,9 @@ def _clean(value: str) -> str:
 
 
 _RULES: list[tuple[re.Pattern[str], object]] = [
-    (re.compile(rf"\bmy name is {_NAME}\b"), lambda m: ("name", "name", m.group(1))),
+    (re.compile(rf"\b(?i:my name is) {_NAME}\b"), lambda m: ("name", "name", m.group(1))),
     (
-        re.compile(rf"\b(?:call me|I'm called|I am called) {_NAME}\b"),
+        re.compile(rf"\b(?i:call me|I'm called|I am called) {_NAME}\b"),
         lambda m: ("name", "name", m.group(1)),
     ),
     (
