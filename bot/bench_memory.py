@@ -202,14 +202,10 @@ async def main(settings: Any, out: Path | None) -> dict[str, Any]:
 
     directory = model_dir(settings.model.path, settings.model.cache_dir, print)
     counter = ChatTokenizer.load(directory)
-    # The budget a reply gets with these settings, as large as GENERATION_MAX_CONTEXT_TOKENS
-    # allows (the embedded model's window is 8,192 tokens).
+    # The budget a reply gets with these settings.
     gen = settings.generation
     budget = context_budget(
-        max(counter.context_length, 8192),
-        gen.max_new_tokens,
-        gen.context_margin,
-        gen.max_context_tokens,
+        counter.context_length, gen.max_new_tokens, gen.context_margin, gen.max_context_tokens
     )
     url = settings.redis.url.get_secret_value() if settings.redis.url else None
     prefix = "mbbench" + uuid.uuid4().hex[:8]

@@ -79,8 +79,9 @@ class LocalGenerator:
         self._eos_ids = sorted(i for i in eos if i is not None)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
-        limits = [model.config.max_position_embeddings, tokenizer.model_max_length]
-        self._context_length = min(int(x) for x in limits if x and int(x) < 10**7)
+        # The model's own window: a converted tokenizer's model_max_length is often a
+        # placeholder (2,048 for the embedded model, whose config says 8,192).
+        self._context_length = int(model.config.max_position_embeddings)
 
     @classmethod
     def load(

@@ -4,6 +4,7 @@ the weights, so tools that only count (the memory benchmark) need no model."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,9 @@ WORD_JOINER = "\u2060"
 class ChatTokenizer:
     """Wraps a Hugging Face tokenizer that has a chat template."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, context_length: int | None = None) -> None:
         self.hf = tokenizer
+        self._context_length = context_length
         specials = sorted(
             set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()),
             key=len,
@@ -32,11 +34,19 @@ class ChatTokenizer:
     def load(cls, directory: Path) -> ChatTokenizer:
         from transformers import AutoTokenizer
 
-        return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        try:
+            config = json.loads((directory / "config.json").read_text())
+            window = int(config["max_position_embeddings"])
+        except (OSError, ValueError, KeyError, TypeError):
+            window = None
+        return cls(tokenizer, window)
 
     @property
     def context_length(self) -> int:
-        """The tokenizer's idea of the model's window (the model's config may say less)."""
+        """The model's window, from its config; else the tokenizer's own idea of it."""
+        if self._context_length:
+            return self._context_length
         limit = int(self.hf.model_max_length or 0)
         return limit if 0 < limit < 10**7 else 2048
 
