@@ -1,6 +1,7 @@
 -- Shared by the scripts that change turns (prepended to each when it is loaded):
--- keeping the recall postings (term -> user turn ids) and their statistics in step.
--- KEYS of the caller give the postings and stats hashes to these helpers.
+-- keeping the recall postings (term -> user turn ids) and their statistics in step,
+-- and what was drawn from a turn (facts, the summary) when it changes or goes.
+-- The caller passes its KEYS to these helpers.
 local function entry_words(entry)
   -- "<u|a> <time> <tokens> <terms...>" -> role, list of terms
   local role, rest = string.match(entry or '', '^(%a) %S+ %d+ ?(.*)$')
@@ -57,5 +58,28 @@ local function index(postings, stats, id, entry)
   end
   redis.call('HINCRBY', stats, 'docs', 1)
   redis.call('HINCRBY', stats, 'terms', #words)
+end
+
+local function drop_facts_of(profile, message_id)
+  -- Profile facts stated in this message go with it.
+  local facts = redis.call('HGETALL', profile)
+  for i = 1, #facts, 2 do
+    local ok, fact = pcall(cjson.decode, facts[i + 1])
+    if ok and type(fact) == 'table' and fact.message_id == message_id then
+      redis.call('HDEL', profile, facts[i])
+    end
+  end
+end
+
+local function stale_if_covered(summary_key, id)
+  -- A summary that folded this turn in must be rebuilt.
+  local raw = redis.call('GET', summary_key)
+  if raw then
+    local ok, summary = pcall(cjson.decode, raw)
+    if ok and type(summary) == 'table' and tonumber(summary.upto or 0) >= tonumber(id) then
+      summary.stale = true
+      redis.call('SET', summary_key, cjson.encode(summary), 'KEEPTTL')
+    end
+  end
 end
 

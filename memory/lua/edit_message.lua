@@ -28,19 +28,6 @@ end
 unindex(KEYS[6], KEYS[7], id, redis.call('HGET', KEYS[3], id))
 redis.call('HSET', KEYS[3], id, role .. ' ' .. ARGV[4])
 index(KEYS[6], KEYS[7], id, role .. ' ' .. ARGV[4])
-local facts = redis.call('HGETALL', KEYS[4])
-for i = 1, #facts, 2 do
-  local fok, fact = pcall(cjson.decode, facts[i + 1])
-  if fok and type(fact) == 'table' and fact.message_id == ARGV[1] then
-    redis.call('HDEL', KEYS[4], facts[i])
-  end
-end
-local sraw = redis.call('GET', KEYS[5])
-if sraw then
-  local sok, summary = pcall(cjson.decode, sraw)
-  if sok and type(summary) == 'table' and tonumber(summary.upto or 0) >= tonumber(id) then
-    summary.stale = true
-    redis.call('SET', KEYS[5], cjson.encode(summary), 'KEEPTTL')
-  end
-end
+drop_facts_of(KEYS[4], ARGV[1])
+stale_if_covered(KEYS[5], id)
 return tonumber(id)
