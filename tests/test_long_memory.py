@@ -345,3 +345,16 @@ async def test_the_memory_benchmark_runs_and_cleans_up(
     assert 0 < sizes["200"]["build_ms_p50"] <= sizes["200"]["build_ms_p95"]
     assert "recall" in report(result)
     assert [k async for k in redis_client.scan_iter(match=f"{keys.prefix}:*")] == []
+
+
+async def test_the_benchmark_compares_embedding_recall(
+    store: MemoryStore, generator: LocalGenerator
+) -> None:
+    from bot.bench_memory import Embedder, report, run
+
+    result = await run(store, generator.tokens, budget=1024, sizes=(50,), conversations=1,
+                       embedder=Embedder())  # fmt: skip
+    embeddings = result["sizes"]["50"]["embeddings"]
+    assert 0 <= embeddings["recall"] <= 1 and embeddings["build_ms_p50"] > 0
+    assert embeddings["embed_ms_per_turn_at_write"] > 0
+    assert "all-MiniLM" in report(result)
