@@ -23,6 +23,7 @@ from memory.context import TokenCounter
 from memory.keys import Scope
 from memory.records import StoredTurn, Summary
 from memory.store import MemoryStore, MemoryUnavailable, UpkeepBusy
+from prompts import load_task
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ _FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|my|me|mine)\b")
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
 MIN_SENTENCE_CHARS = 12
 MAX_LINE_CHARS = 200
-SUMMARY_PROMPT = (
-    "Write a short factual summary, as a few bullet lines, of what the user said about "
-    "themselves and their tastes. Use only facts stated below; add nothing.\n\n"
-)
 
 
 def salience(sentence: str) -> float:
@@ -90,6 +87,7 @@ class Upkeep:
         self.summary_cap = summary_cap
         self.mode = mode
         self.generator = generator
+        self._task = load_task("summary")
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def schedule(self, scope: Scope, user_id: str, oldest_in_window: int | None) -> None:
@@ -146,7 +144,7 @@ class Upkeep:
         extractive = fit_lines(self.counter, lines, self.summary_cap)
         if self.mode != "model" or self.generator is None or not extractive:
             return extractive
-        prompt = [{"role": "user", "content": SUMMARY_PROMPT + extractive}]
+        prompt = [{"role": "user", "content": self._task.render(notes=extractive)}]
         params = GenerationParams(max_new_tokens=self.summary_cap, temperature=0.0)
         try:
             written = "".join(

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PLACEHOLDERS = frozenset({"bot_name", "user_name"})
 MAX_FILE_BYTES = 64 * 1024
@@ -53,6 +60,35 @@ class Persona(BaseModel):
         templates, so a display name with braces stays text."""
         text = self.system.format_map({"user_name": user_name, "bot_name": bot_name})
         return f"{text}\n{rules}" if rules else text
+
+
+class Task(BaseModel):
+    """A task template: a prompt for one job with named fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
+    description: str = Field(min_length=1, max_length=200)
+    fields: tuple[str, ...] = ()
+    template: str = Field(min_length=1, max_length=8000)
+
+    @model_validator(mode="after")
+    def _fields_match(self) -> Task:
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"bad braces in the template ({exc})") from exc
+        if used != set(self.fields):
+            raise ValueError(
+                f"the template uses {sorted(used)} but fields lists {sorted(self.fields)}"
+            )
+        return self
+
+    def render(self, **values: str) -> str:
+        missing = set(self.fields) - set(values)
+        if missing:
+            raise KeyError(f"task {self.name} needs {sorted(missing)}")
+        return self.template.format_map({f: values[f] for f in self.fields})
 
 
 class _Rules(BaseModel):
@@ -119,3 +155,16 @@ def load_rules(path: Path | None = None) -> str:
         return _Rules.model_validate(_read_yaml(source)).rules
     except ValidationError as exc:
         raise PromptError(str(source), _explain(exc)) from exc
+
+
+def load_task(name: str, directory: Path | None = None) -> Task:
+    """Load one task template by name, from `directory` or the packaged tasks."""
+    base = directory if directory is not None else resources.files("prompts") / "tasks"
+    source = base / f"{name}.yaml"
+    try:
+        task = Task.model_validate(_read_yaml(source))
+    except ValidationError as exc:
+        raise PromptError(str(source), _explain(exc)) from exc
+    if task.name != name:
+        raise PromptError(str(source), f"name is {task.name!r} but the file is {name}.yaml")
+    return task

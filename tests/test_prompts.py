@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prompts import PromptError, list_personas, load_persona, load_rules
+from prompts import PromptError, list_personas, load_persona, load_rules, load_task
 
 
 def test_the_default_persona_loads_and_renders() -> None:
@@ -46,3 +46,17 @@ def test_binary_and_missing_files_are_refused_clearly(tmp_path: Path) -> None:
         load_persona("bin", tmp_path)
     with pytest.raises(PromptError, match="no such file"):
         load_persona("missing", tmp_path)
+
+
+def test_task_templates_load_render_and_refuse_mismatched_fields(tmp_path: Path) -> None:
+    task = load_task("summary")
+    assert "- (2026-01-01) my dog is Biscuit" in task.render(
+        notes="- (2026-01-01) my dog is Biscuit"
+    )
+    with pytest.raises(KeyError):
+        task.render()
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\ndescription: d\nfields: [title]\ntemplate: Write about {topic}\n"
+    )
+    with pytest.raises(PromptError, match=r"uses \['topic'\] but fields lists \['title'\]"):
+        load_task("bad", tmp_path)

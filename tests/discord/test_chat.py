@@ -257,3 +257,13 @@ async def test_typing_shows_while_the_reply_is_prepared(bot: MediaBot) -> None:
     await dpytest.message(f"<@{bot.user.id}> hi")
     dpytest.get_message()
     assert typed and typed[0].id == dpytest.get_config().channels[0].id
+
+
+async def test_channels_the_bot_cannot_write_in_are_ignored(bot: MediaBot) -> None:
+    config = dpytest.get_config()
+    channel, guild = config.channels[0], config.guilds[0]
+    assert bot.user is not None and guild.me is not None
+    await dpytest.set_permission_overrides(guild.default_role, channel, send_messages=False)
+    assert not channel.permissions_for(guild.me).send_messages
+    await dpytest.message(f"<@{bot.user.id}> hello?", channel=channel)
+    assert dpytest.verify().message().nothing()

@@ -71,6 +71,9 @@ class Chat(commands.Cog):
             return False
         if message.guild is None:
             return True
+        me = message.guild.me
+        if me is not None and not message.channel.permissions_for(me).send_messages:
+            return False  # a channel the bot may not write in
         if self._mentions_me(message) or self._replied_bot_message(message):
             return True
         if not self.bot.chat_channels_enabled:
