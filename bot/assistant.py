@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from bot import BOT_NAME
 from bot.generation.base import GenerationError, GenerationParams, Generator
+from bot.moderation.ratelimit import Decision, RateLimiter
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
@@ -42,6 +44,13 @@ def cut_notice(kept: int) -> str:
     return f"Your message was too long, so I only read the first {kept:,} characters of it."
 
 
+def slow_down_notice(decision: Decision) -> str:
+    wait = max(1, math.ceil(decision.retry_after))
+    if decision.who == "server":
+        return f"This server is asking me a lot right now: please try again in {wait} s."
+    return f"You're sending messages faster than I can answer: try again in {wait} s."
+
+
 def truncated_notice() -> str:
     return "Your message was too long for my context window, so I read only its beginning."
 
@@ -56,6 +65,7 @@ class ReplyRequest:
     text: str
     message_id: str
     persona: str | None = None
+    rate_limited: bool = True  # the terminal, one local user, is not
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +101,12 @@ class Assistant:
         memory: MemoryStore,
         generator: Generator,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.memory = memory
         self.generator = generator
+        self.limiter = limiter
         self._clock = clock
         self._rules = load_rules()
         self._personas: dict[str, Persona] = {}
@@ -139,12 +151,25 @@ class Assistant:
         chosen = self.persona(persona or self.settings.persona)
         return chosen.render(user_name=clean_name(user_name), bot_name=BOT_NAME, rules=self._rules)
 
+    async def _within_limits(self, request: ReplyRequest, sink: ReplySink) -> bool:
+        if not request.rate_limited or self.limiter is None:
+            return True
+        try:
+            decision = await self.limiter.take(request.user_id, request.scope.guild_id)
+        except MemoryUnavailable:
+            return True  # without Redis no limit can be kept; answering beats refusing
+        if not decision.allowed:
+            await sink.notice(slow_down_notice(decision))
+        return decision.allowed
+
     async def reply(self, request: ReplyRequest, sink: ReplySink) -> ReplyOutcome:
         """Answer one message: see the module docstring for the order of steps."""
         mem = self.settings.memory
         clean = clean_input(request.text, mem.max_message_chars)
         if not clean.text:
             await sink.notice(EMPTY_HINT)
+            return ReplyOutcome(text="", stored=False, generated=False)
+        if not await self._within_limits(request, sink):
             return ReplyOutcome(text="", stored=False, generated=False)
         if clean.cut_at is not None:
             await sink.notice(cut_notice(clean.cut_at))

@@ -146,6 +146,7 @@ class Console:
                 text=line,
                 message_id=uuid.uuid4().hex,
                 persona=self.persona,
+                rate_limited=False,
             )
             await self.services.assistant.reply(request, sink)
 

@@ -11,6 +11,7 @@ from bot.assistant import Assistant
 from bot.generation.base import Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.weights import Progress
+from bot.moderation.ratelimit import Limits, RateLimiter
 from bot.settings import Settings
 from memory.connection import open_redis
 from memory.guilds import GuildConfig
@@ -53,7 +54,19 @@ async def open_services(
             concurrency=settings.generation.concurrency,
             progress=progress,
         )
-        assistant = Assistant(settings=settings, memory=memory, generator=generator)
+        rl = settings.ratelimit
+        limiter = (
+            RateLimiter(
+                client,
+                Limits(rl.user_per_minute, rl.user_burst, rl.guild_per_minute, rl.guild_burst),
+                keys,
+            )
+            if rl.enabled
+            else None
+        )
+        assistant = Assistant(
+            settings=settings, memory=memory, generator=generator, limiter=limiter
+        )
         try:
             yield Services(
                 memory=memory,

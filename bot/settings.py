@@ -129,6 +129,18 @@ class MemorySettings(BaseSettings):
         return int(self.retention_days * 86400) or None
 
 
+class RateLimitSettings(BaseSettings):
+    """How often one member, and one server, may ask the bot something."""
+
+    model_config = _section("RATELIMIT_")
+
+    enabled: bool = True
+    user_per_minute: float = Field(default=6.0, gt=0, le=6000)
+    user_burst: int = Field(default=4, ge=1, le=1000)
+    guild_per_minute: float = Field(default=60.0, gt=0, le=60000)
+    guild_burst: int = Field(default=20, ge=1, le=10000)
+
+
 class DiscordSettings(BaseSettings):
     """The Discord front end (used by `python -m bot run`)."""
 
@@ -148,6 +160,7 @@ class Settings(BaseModel):
     generation: GenerationSettings
     memory: MemorySettings
     discord: DiscordSettings
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -160,6 +173,7 @@ class Settings(BaseModel):
             generation=GenerationSettings(),
             memory=MemorySettings(),
             discord=DiscordSettings(),
+            ratelimit=RateLimitSettings(),
             persona=top.persona,
             log_level=top.log_level,
         )
@@ -193,6 +207,7 @@ _PREFIXES: dict[str, str] = {
     "GenerationSettings": "GENERATION_",
     "MemorySettings": "MEMORY_",
     "DiscordSettings": "DISCORD_",
+    "RateLimitSettings": "RATELIMIT_",
 }
 
 

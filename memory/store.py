@@ -76,7 +76,7 @@ EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 _WITH_INDEX = frozenset({"append", "delete_message", "edit_message"})
 
 
-def _load_script(name: str) -> str:
+def load_script(name: str) -> str:
     """A script from memory/lua; those that change turns get the shared index helpers."""
     folder = resources.files("memory") / "lua"
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
@@ -100,14 +100,14 @@ class MemoryStore:
         self.keys = keys or Keys()
         self.max_turns = max_turns
         self.retention_seconds = retention_seconds
-        self._append: AsyncScript = client.register_script(_load_script("append"))
-        self._load: AsyncScript = client.register_script(_load_script("load"))
-        self._forget: AsyncScript = client.register_script(_load_script("forget"))
-        self._reset: AsyncScript = client.register_script(_load_script("reset"))
-        self._delete: AsyncScript = client.register_script(_load_script("delete_message"))
-        self._edit: AsyncScript = client.register_script(_load_script("edit_message"))
-        self._profile_set: AsyncScript = client.register_script(_load_script("profile_set"))
-        self._summary_set: AsyncScript = client.register_script(_load_script("summary_set"))
+        self._append: AsyncScript = client.register_script(load_script("append"))
+        self._load: AsyncScript = client.register_script(load_script("load"))
+        self._forget: AsyncScript = client.register_script(load_script("forget"))
+        self._reset: AsyncScript = client.register_script(load_script("reset"))
+        self._delete: AsyncScript = client.register_script(load_script("delete_message"))
+        self._edit: AsyncScript = client.register_script(load_script("edit_message"))
+        self._profile_set: AsyncScript = client.register_script(load_script("profile_set"))
+        self._summary_set: AsyncScript = client.register_script(load_script("summary_set"))
         self._unlock: AsyncScript = client.register_script(_UNLOCK)
 
     async def ping(self) -> None:

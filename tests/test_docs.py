@@ -12,6 +12,7 @@ from bot.settings import (
     GenerationSettings,
     MemorySettings,
     ModelSettings,
+    RateLimitSettings,
     RedisSettings,
 )
 
@@ -22,6 +23,7 @@ SECTIONS: list[type[BaseSettings]] = [
     GenerationSettings,
     MemorySettings,
     DiscordSettings,
+    RateLimitSettings,
 ]
 
 

@@ -1,0 +1,1 @@
+"""Keeping public channels safe: rate limits (and, next, input and output checks)."""
