@@ -18,6 +18,7 @@ from typing import Protocol
 from bot import BOT_NAME
 from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.moderation.ratelimit import Decision, RateLimiter
+from bot.moderation.rules import Rules
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
@@ -107,6 +108,7 @@ class Assistant:
         self.memory = memory
         self.generator = generator
         self.limiter = limiter
+        self.rules = Rules()
         self._clock = clock
         self._rules = load_rules()
         self._personas: dict[str, Persona] = {}
@@ -169,6 +171,12 @@ class Assistant:
         if not clean.text:
             await sink.notice(EMPTY_HINT)
             return ReplyOutcome(text="", stored=False, generated=False)
+        verdict = self.rules.check_input(clean.text)
+        if not verdict.allowed:
+            # Refused messages are never stored and never reach the model.
+            log.info("refused a message in %s: %s", request.scope, verdict.rule)
+            await sink.notice(verdict.reason)
+            return ReplyOutcome(text="", stored=False, generated=False)
         if not await self._within_limits(request, sink):
             return ReplyOutcome(text="", stored=False, generated=False)
         if clean.cut_at is not None:
@@ -212,7 +220,7 @@ class Assistant:
             await sink.notice(TIMED_OUT)
             return ReplyOutcome(text="", stored=False, generated=False, window=window)
 
-        text = "".join(pieces).strip() or EMPTY_REPLY_FALLBACK
+        text = self.rules.clean_output("".join(pieces)).strip() or EMPTY_REPLY_FALLBACK
         reply_id = await sink.finish(text)
         if not remember:
             await sink.notice(MEMORY_WRITE_FAILED)
