@@ -141,7 +141,9 @@ class Upkeep:
 
     async def _write(self, previous: list[str], turns: Sequence[StoredTurn]) -> str:
         lines = previous + summary_lines(turns)
-        extractive = fit_lines(self.counter, lines, self.summary_cap)
+        # Tokenising hundreds of lines is CPU work: keep it off the event loop, where
+        # live replies are being streamed.
+        extractive = await asyncio.to_thread(fit_lines, self.counter, lines, self.summary_cap)
         if self.mode != "model" or self.generator is None or not extractive:
             return extractive
         prompt = [{"role": "user", "content": self._task.render(notes=extractive)}]

@@ -16,7 +16,7 @@ from memory.store import MemoryStore
 from tests.conftest import ScriptedGenerator, make_settings
 from tests.test_assistant import RecordingSink, request
 
-CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "netflix_titles.csv"
+CATALOG = Path(__file__).resolve().parent.parent / "data" / "catalog" / "netflix_titles.csv"
 ORDINARY = [
     "Is Kill Bill worth watching?",
     "Die Hard is the best christmas film",
