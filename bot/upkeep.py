@@ -133,6 +133,8 @@ class Upkeep:
         covers = [t.id for t in turns]
         if not rebuild and current is not None:
             covers = current.covers + covers
+        # Turns trimmed from memory can no longer change: no need to keep their ids.
+        covers = covers[-self.memory.max_turns :]
         summary = Summary(text=text, covers=covers, upto=upto, time=time.time())
         written = await self.memory.set_summary(scope, user_id, summary, read)
         if not written:

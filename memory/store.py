@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from memory import profile as facts
+from memory import profile as fact_rules
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, Turn
@@ -48,7 +48,7 @@ class MemorySnapshot:
 
     @property
     def profile(self) -> str:
-        return facts.render([(f.label, f.value) for f in self.facts])
+        return fact_rules.render([(f.label, f.value) for f in self.facts])
 
     @property
     def summary_text(self) -> str:
@@ -211,7 +211,7 @@ class MemoryStore:
         return AppendResult(stored=True, user_turn_id=uid, assistant_turn_id=int(result[2]))
 
     async def _set_facts(self, scope: Scope, user_id: str, turn_id: int, turn: Turn) -> int:
-        found = facts.extract(turn.text)
+        found = fact_rules.extract(turn.text)
         if not found:
             return 0
         args: list[str | int] = [turn_id, self.retention_seconds or 0]
