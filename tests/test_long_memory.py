@@ -358,3 +358,26 @@ async def test_the_benchmark_compares_embedding_recall(
     assert 0 <= embeddings["recall"] <= 1 and embeddings["build_ms_p50"] > 0
     assert embeddings["embed_ms_per_turn_at_write"] > 0
     assert "all-MiniLM" in report(result)
+
+
+async def test_the_recall_index_follows_trims_deletes_and_edits(
+    redis_client: Redis, keys: Keys, generator: LocalGenerator
+) -> None:
+    store = MemoryStore(redis_client, keys=keys, max_turns=6)
+    texts = ["my sister Ingrid", "my brother Tobias", "my cousin Yuki", "my aunt Margot"]
+    await chat(store, generator, GUILD, "u1", texts)
+    postings = keys.scope_key("u1", GUILD, "postings")
+    stats = keys.scope_key("u1", GUILD, "stats")
+
+    async def index() -> dict[str, str]:
+        raw = await redis_client.hgetall(postings)  # type: ignore[misc]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # Four exchanges, six turns kept: the first exchange was trimmed away.
+    assert "ingrid" not in await index() and (await index())["tobia"] == "3"
+    assert await redis_client.hget(stats, "docs") == b"3"  # type: ignore[misc]
+    assert await store.delete_message(GUILD, "u1", "g42-m2")
+    assert "yuki" not in await index()
+    assert await store.edit_message(GUILD, "u1", "g42-m3", "my uncle Rafael", 4)
+    assert "margot" not in await index() and (await index())["rafael"] == "7"
+    assert await redis_client.hget(stats, "docs") == b"2"  # type: ignore[misc]

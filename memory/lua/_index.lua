@@ -14,24 +14,31 @@ local function entry_words(entry)
   return role, words
 end
 
+local function unique(words)
+  local seen, out = {}, {}
+  for _, w in ipairs(words) do
+    if not seen[w] then
+      seen[w] = true
+      out[#out + 1] = w
+    end
+  end
+  return out
+end
+
 local function unindex(postings, stats, id, entry)
   local role, words = entry_words(entry)
   if role ~= 'u' then
     return
   end
-  local seen = {}
-  for _, w in ipairs(words) do
-    if not seen[w] then
-      seen[w] = true
-      local list = redis.call('HGET', postings, w)
-      if list then
-        local kept = string.gsub(' ' .. list .. ' ', ' ' .. id .. ' ', ' ')
-        kept = string.match(kept, '^%s*(.-)%s*$')
-        if kept == '' then
-          redis.call('HDEL', postings, w)
-        else
-          redis.call('HSET', postings, w, kept)
-        end
+  for _, w in ipairs(unique(words)) do
+    local list = redis.call('HGET', postings, w)
+    if list then
+      local kept = string.gsub(' ' .. list .. ' ', ' ' .. id .. ' ', ' ')
+      kept = string.match(kept, '^%s*(.-)%s*$')
+      if kept == '' then
+        redis.call('HDEL', postings, w)
+      else
+        redis.call('HSET', postings, w, kept)
       end
     end
   end
@@ -44,16 +51,12 @@ local function index(postings, stats, id, entry)
   if role ~= 'u' then
     return
   end
-  local seen = {}
-  for _, w in ipairs(words) do
-    if not seen[w] then
-      seen[w] = true
-      local list = redis.call('HGET', postings, w)
-      if list then
-        redis.call('HSET', postings, w, list .. ' ' .. id)
-      else
-        redis.call('HSET', postings, w, id)
-      end
+  for _, w in ipairs(unique(words)) do
+    local list = redis.call('HGET', postings, w)
+    if list then
+      redis.call('HSET', postings, w, list .. ' ' .. id)
+    else
+      redis.call('HSET', postings, w, id)
     end
   end
   redis.call('HINCRBY', stats, 'docs', 1)
