@@ -37,7 +37,6 @@ SIZES = (50, 200, 1000)
 FACTS_PER_CONVERSATION = 6
 CONVERSATIONS_PER_SIZE = 10
 UPKEEP_EVERY = 10  # exchanges between two summary folds, as replies would trigger them
-DAY = 86400.0
 
 NAMES = ["Biscuit", "Pepper", "Mochi", "Waffles", "Juniper", "Pixel", "Otis", "Luna"]
 PEOPLE = ["Margot", "Tobias", "Ingrid", "Rafael", "Soraya", "Declan", "Yuki", "Anouk"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -152,53 +152,37 @@ class DiscordSettings(BaseSettings):
     edit_interval: float = Field(default=1.0, ge=0.2, le=10.0)
 
 
-class Settings(BaseModel):
-    """All sections together. Build it once with `Settings.from_env()`."""
+PersonaName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,40}$")]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-    redis: RedisSettings
-    model: ModelSettings
-    generation: GenerationSettings
-    memory: MemorySettings
-    discord: DiscordSettings
+
+class Settings(BaseModel):
+    """All sections together. Build it once with `Settings.from_env()`; each section
+    not given reads its own part of the environment."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
-    persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    persona: PersonaName = "default"
+    log_level: LogLevel = "WARNING"
 
     @classmethod
     def from_env(cls) -> Settings:
-        top = _TopLevel()
-        return cls(
-            redis=RedisSettings(),
-            model=ModelSettings(),
-            generation=GenerationSettings(),
-            memory=MemorySettings(),
-            discord=DiscordSettings(),
-            ratelimit=RateLimitSettings(),
-            persona=top.persona,
-            log_level=top.log_level,
-        )
-
-    @classmethod
-    def defaults(cls, **sections: BaseModel) -> Settings:
-        """Defaults for every section not given; used by tests and tools."""
-        values: dict[str, BaseModel] = {
-            "redis": RedisSettings(),
-            "model": ModelSettings(),
-            "generation": GenerationSettings(),
-            "memory": MemorySettings(),
-            "discord": DiscordSettings(),
-        }
-        values.update(sections)
-        return cls.model_validate(values)
+        return cls(**_TopLevel().model_dump())
 
 
 class _TopLevel(BaseSettings):
+    """The settings without a section prefix: PERSONA, LOG_LEVEL."""
+
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", validate_default=True, env_ignore_empty=True
     )
 
-    persona: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,40}$")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    persona: PersonaName = "default"
+    log_level: LogLevel = "WARNING"
 
 
 _PREFIXES: dict[str, str] = {

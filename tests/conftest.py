@@ -74,7 +74,7 @@ def generator() -> Iterator[LocalGenerator]:
 def make_settings(keys: Keys, redis_url: str | None = None, **generation: object) -> Settings:
     """Settings for a pipeline test: this test's key prefix, short replies."""
     gen = {"max_new_tokens": 12, "temperature": 0.0, **generation}
-    return Settings.defaults(
+    return Settings(
         redis=RedisSettings(url=redis_url),
         model=model_settings(),
         generation=GenerationSettings.model_validate(gen),
