@@ -187,7 +187,7 @@ class Assistant:
         remember = True
         system = self.system_prompt(request.persona, request.user_name)
         try:
-            window, _ = await assemble_window(
+            window, snapshot = await assemble_window(
                 self.memory,
                 self.generator,
                 self.policy,
@@ -200,7 +200,8 @@ class Assistant:
         except MemoryUnavailable as exc:
             log.warning("memory load failed: %s", exc)
             await sink.notice(MEMORY_READ_FAILED)
-            window = self.policy.build(self.generator, system, clean.text, MemorySnapshot([]))
+            snapshot = MemorySnapshot([])
+            window = self.policy.build(self.generator, system, clean.text, snapshot)
             remember = False
         await sink.context(window)
         if window.message_truncated:
@@ -226,8 +227,27 @@ class Assistant:
             await sink.notice(MEMORY_WRITE_FAILED)
             return ReplyOutcome(text=text, stored=False, generated=True, window=window)
 
-        # What is stored of the user's message is what the model read.
-        said = window.message
+        stored = await self._remember(
+            request, window=window, snapshot=snapshot, asked_at=asked_at, text=text,
+            reply_id=reply_id,
+        )  # fmt: skip
+        if not stored:
+            await sink.notice(MEMORY_WRITE_FAILED)
+        return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
+
+    async def _remember(
+        self,
+        request: ReplyRequest,
+        *,
+        window: ContextWindow,
+        snapshot: MemorySnapshot,
+        asked_at: float,
+        text: str,
+        reply_id: str | None,
+    ) -> bool:
+        """Store both turns in one atomic write, then schedule summary upkeep for the
+        turns older than this window."""
+        said = window.message  # what is stored of the message is what the model read
         user_turn = Turn(
             role="user",
             text=said,
@@ -246,8 +266,8 @@ class Assistant:
             await self.memory.append(request.scope, request.user_id, user_turn, bot_turn)
         except MemoryUnavailable as exc:
             log.warning("memory append failed: %s", exc)
-            await sink.notice(MEMORY_WRITE_FAILED)
-            return ReplyOutcome(text=text, stored=False, generated=True, window=window)
-        # Turns older than this window are folded into the summary, in the background.
-        self.upkeep.schedule(request.scope, request.user_id, window.oldest_turn_id)
-        return ReplyOutcome(text=text, stored=True, generated=True, window=window)
+            return False
+        self.upkeep.schedule(
+            request.scope, request.user_id, window.oldest_turn_id, snapshot.summary
+        )
+        return True

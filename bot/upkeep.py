@@ -31,6 +31,7 @@ _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|my|me|mine)\b")
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
 MIN_SENTENCE_CHARS = 12
+FOLD_BATCH = 10  # turns outside the window before a fold is worth it
 MAX_LINE_CHARS = 200
 
 
@@ -90,9 +91,22 @@ class Upkeep:
         self._task = load_task("summary")
         self._tasks: set[asyncio.Task[bool]] = set()
 
-    def schedule(self, scope: Scope, user_id: str, oldest_in_window: int | None) -> None:
-        """Fold what left the window, in the background (never awaited by a reply)."""
+    def schedule(
+        self,
+        scope: Scope,
+        user_id: str,
+        oldest_in_window: int | None,
+        summary: Summary | None,
+    ) -> None:
+        """Fold what left the window, in the background (never awaited by a reply).
+        `summary` is the one the reply loaded: unless it went stale, nothing is scheduled
+        until FOLD_BATCH turns wait outside the window (recall covers them meanwhile), so
+        a reply does not cost a lock and a rewrite each time."""
         if self.mode == "off" or oldest_in_window is None:
+            return
+        folded = summary.upto if summary is not None else 0
+        stale = summary is not None and summary.stale
+        if not stale and oldest_in_window - 1 - folded < FOLD_BATCH:
             return
         task = asyncio.create_task(self.run(scope, user_id, oldest_in_window))
         self._tasks.add(task)

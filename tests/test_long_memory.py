@@ -381,3 +381,19 @@ async def test_the_recall_index_follows_trims_deletes_and_edits(
     assert await store.edit_message(GUILD, "u1", "g42-m3", "my uncle Rafael", 4)
     assert "margot" not in await index() and (await index())["rafael"] == "7"
     assert await redis_client.hget(stats, "docs") == b"2"  # type: ignore[misc]
+
+
+async def test_upkeep_waits_for_a_batch_of_turns_unless_the_summary_is_stale(
+    store: MemoryStore, generator: LocalGenerator
+) -> None:
+    from bot.upkeep import FOLD_BATCH
+
+    upkeep = Upkeep(store, generator, summary_cap=200)
+    folded = Summary(text="x", upto=20)
+    upkeep.schedule(GUILD, "u1", 20 + FOLD_BATCH, folded)  # one turn short of a batch
+    assert not upkeep._tasks
+    upkeep.schedule(GUILD, "u1", 21 + FOLD_BATCH, folded)
+    assert len(upkeep._tasks) == 1
+    upkeep.schedule(GUILD, "u1", 22, folded.model_copy(update={"stale": True}))
+    assert len(upkeep._tasks) == 2
+    await upkeep.drain()
