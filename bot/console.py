@@ -15,12 +15,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO, TypeVar
 
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
+from bot.memory_view import SHOWN_TURNS, turn_lines
 from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
 from memory.context import ContextWindow
@@ -40,8 +40,6 @@ Anything else is a message to me."""
 T = TypeVar("T")
 COMMAND = re.compile(r"^/([a-z]+)(?:\s+(.*))?$", re.DOTALL)
 MEMORY_DOWN = "I can't reach my memory right now; try again in a moment."
-SHOWN_TURNS = 20
-SHOWN_CHARS = 200
 
 
 @dataclass
@@ -209,18 +207,14 @@ class Console:
             f"I remember {len(records)} messages of our conversation here"
             + (f"; the last {SHOWN_TURNS}:" if len(records) > SHOWN_TURNS else ":")
         )
-        for record in records[-SHOWN_TURNS:]:
-            if "unreadable" in record:
-                self._say("  (an unreadable record)")
-                continue
-            when = datetime.fromtimestamp(float(str(record["time"])), UTC).strftime(
-                "%Y-%m-%d %H:%M"
-            )
-            who = self.user_name if record["role"] == "user" else BOT_NAME
-            text = " ".join(strip_controls(str(record["text"])).split())
-            if len(text) > SHOWN_CHARS:
-                text = text[: SHOWN_CHARS - 1] + "…"
-            self._say(f"  [{when} UTC] {who}: {text}")
+        for line in turn_lines(
+            records,
+            user=self.user_name,
+            bot=BOT_NAME,
+            time_format="%Y-%m-%d %H:%M",
+            template="  [{when} UTC] {who}: {text}",
+        ):
+            self._say(line)
 
     async def _export(self, target: str) -> None:
         data = json.dumps(

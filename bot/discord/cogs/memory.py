@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
 
 import discord
 from discord import app_commands
@@ -13,6 +12,7 @@ from discord.ext import commands
 from bot.discord.chunks import MESSAGE_LIMIT, defuse_mentions
 from bot.discord.client import MediaBot
 from bot.discord.cogs.chat import scope_of
+from bot.memory_view import turn_lines
 from memory.profile import render
 from memory.records import Fact
 from memory.store import MemoryUnavailable
@@ -20,8 +20,6 @@ from memory.store import MemoryUnavailable
 Button = discord.ui.Button["ConfirmForget"]
 MEMORY_DOWN = "I can't reach my memory right now; please try again in a moment."
 CONFIRM_SECONDS = 60
-SHOWN_TURNS = 10
-SHOWN_CHARS = 150
 
 
 def memory_summary(records: list[dict[str, object]], facts: list[Fact], where: str) -> str:
@@ -33,16 +31,9 @@ def memory_summary(records: list[dict[str, object]], facts: list[Fact], where: s
     lines.append(f"I remember {len(records)} messages of our conversation in {where}.")
     if records:
         lines[-1] += " The last ones:"
-    for record in records[-SHOWN_TURNS:]:
-        if "unreadable" in record:
-            lines.append("- (an unreadable record)")
-            continue
-        when = datetime.fromtimestamp(float(str(record["time"])), UTC).strftime("%Y-%m-%d")
-        who = "you" if record["role"] == "user" else "me"
-        text = " ".join(str(record["text"]).split())
-        if len(text) > SHOWN_CHARS:
-            text = text[: SHOWN_CHARS - 1] + "…"
-        lines.append(f"- {when}, {who}: {text}")
+    lines += turn_lines(
+        records, user="you", bot="me", time_format="%Y-%m-%d", template="- {when}, {who}: {text}"
+    )
     lines.append("Use /reset to clear this, /forget to delete everything everywhere.")
     body = defuse_mentions("\n".join(lines))
     return body if len(body) <= MESSAGE_LIMIT else body[: MESSAGE_LIMIT - 1] + "…"

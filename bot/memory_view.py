@@ -1,0 +1,29 @@
+"""How remembered turns read in /memory, in the terminal and on Discord alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot.textclean import strip_controls
+
+SHOWN_TURNS = 10
+SHOWN_CHARS = 150
+
+
+def turn_lines(
+    records: list[dict[str, object]], *, user: str, bot: str, time_format: str, template: str
+) -> list[str]:
+    """The last SHOWN_TURNS records, one line each: `template` receives `when`, `who`
+    and `text` (one line, control characters removed, cut at SHOWN_CHARS)."""
+    lines = []
+    for record in records[-SHOWN_TURNS:]:
+        if "unreadable" in record:
+            lines.append(template.format(when="?", who="?", text="(an unreadable record)"))
+            continue
+        when = datetime.fromtimestamp(float(str(record["time"])), UTC).strftime(time_format)
+        who = user if record["role"] == "user" else bot
+        text = " ".join(strip_controls(str(record["text"])).split())
+        if len(text) > SHOWN_CHARS:
+            text = text[: SHOWN_CHARS - 1] + "…"
+        lines.append(template.format(when=when, who=who, text=text))
+    return lines
