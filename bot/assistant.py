@@ -17,6 +17,8 @@ from typing import Protocol
 
 from bot import BOT_NAME
 from bot.generation.base import GenerationError, GenerationParams, Generator
+from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
+from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
 from bot.moderation.rules import Rules
 from bot.settings import Settings
@@ -39,6 +41,7 @@ MEMORY_READ_FAILED = (
 MEMORY_WRITE_FAILED = "I couldn't save this exchange to memory: I won't remember it later."
 TIMED_OUT = "Sorry, that reply took too long and was stopped. Please try again."
 CONTROLS_STRIPPED = "I removed control characters from your message."
+SERVER_BUSY = "I'm busy with other replies on this server: please try again in a moment."
 
 
 def cut_notice(kept: int) -> str:
@@ -67,6 +70,13 @@ class ReplyRequest:
     message_id: str
     persona: str | None = None
     rate_limited: bool = True  # the terminal, one local user, is not
+    channel_id: str | None = None
+    # A slash command must be answered; a chat message refused "quietly" is not.
+    always_answer: bool = False
+
+    @property
+    def where(self) -> Where:
+        return Where(self.scope.guild_id, self.channel_id, self.user_id, self.user_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +91,9 @@ class ReplySink(Protocol):
     """Where a reply goes. The pipeline calls these in order: `context` once when the
     window is built, `notice` for anything the user should know, `piece` for each
     piece of streamed text, and `finish` once with the whole text; `finish` returns
-    the id of the message that showed the reply, if the front end has one."""
+    the id of the message that showed the reply, if the front end has one. When
+    moderation withholds a reply mid-stream, `retract` replaces whatever was shown of
+    it with a short line, instead of `finish`."""
 
     async def context(self, window: ContextWindow) -> None: ...
 
@@ -90,6 +102,8 @@ class ReplySink(Protocol):
     async def piece(self, text: str) -> None: ...
 
     async def finish(self, text: str) -> str | None: ...
+
+    async def retract(self, text: str) -> None: ...
 
 
 class Assistant:
@@ -103,12 +117,13 @@ class Assistant:
         generator: Generator,
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self.settings = settings
         self.memory = memory
         self.generator = generator
         self.limiter = limiter
-        self.rules = Rules()
+        self.moderator = moderator or Moderator(None, None)
         self._clock = clock
         self._rules = load_rules()
         self._personas: dict[str, Persona] = {}
@@ -171,11 +186,13 @@ class Assistant:
         if not clean.text:
             await sink.notice(EMPTY_HINT)
             return ReplyOutcome(text="", stored=False, generated=False)
-        verdict = self.rules.check_input(clean.text)
-        if not verdict.allowed:
+        where = request.where
+        mod_policy = await self.moderator.policy(where)
+        check = await self.moderator.check_input(where, clean.text, mod_policy)
+        if not check.allowed:
             # Refused messages are never stored and never reach the model.
-            log.info("refused a message in %s: %s", request.scope, verdict.rule)
-            await sink.notice(verdict.reason)
+            if not check.quiet or request.always_answer:
+                await sink.notice(check.reason)
             return ReplyOutcome(text="", stored=False, generated=False)
         if not await self._within_limits(request, sink):
             return ReplyOutcome(text="", stored=False, generated=False)
@@ -208,20 +225,14 @@ class Assistant:
             await sink.notice(truncated_notice())
         asked_at = self._clock()
 
-        pieces: list[str] = []
-        try:
-            async with asyncio.timeout(self.settings.generation.timeout):
-                async for piece in self.generator.stream(window.messages, self.params):
-                    pieces.append(piece)
-                    await sink.piece(piece)
-        except GenerationError as exc:
-            await sink.notice(str(exc))
+        async with self.moderator.slot(where, request.message_id) as free:
+            if not free:
+                await sink.notice(SERVER_BUSY)
+                return ReplyOutcome(text="", stored=False, generated=False, window=window)
+            streamed = await self._stream(request, window, mod_policy, system, sink)
+        if streamed is None:
             return ReplyOutcome(text="", stored=False, generated=False, window=window)
-        except TimeoutError:
-            await sink.notice(TIMED_OUT)
-            return ReplyOutcome(text="", stored=False, generated=False, window=window)
-
-        text = self.rules.clean_output("".join(pieces)).strip() or EMPTY_REPLY_FALLBACK
+        text = streamed or EMPTY_REPLY_FALLBACK
         reply_id = await sink.finish(text)
         if not remember:
             await sink.notice(MEMORY_WRITE_FAILED)
@@ -234,6 +245,57 @@ class Assistant:
         if not stored:
             await sink.notice(MEMORY_WRITE_FAILED)
         return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
+
+    async def _stream(
+        self,
+        request: ReplyRequest,
+        window: ContextWindow,
+        mod_policy: GuildPolicy,
+        system: str,
+        sink: ReplySink,
+    ) -> str | None:
+        """Generate, showing only text the output guard has cleared; the whole reply,
+        made safe to post, or None when it failed or was withheld."""
+        guard = self.moderator.guard(mod_policy, system)
+        try:
+            async with asyncio.timeout(self.settings.generation.timeout):
+                stream = self.generator.stream(window.messages, self.params)
+                try:
+                    async for piece in stream:
+                        cleared = await guard.feed(piece)
+                        if cleared:
+                            await sink.piece(Rules.clean_output(cleared))
+                        if not guard.verdict.allowed:
+                            break
+                finally:
+                    # Closing the stream now (not when it is collected) stops generation.
+                    close = getattr(stream, "aclose", None)
+                    if close is not None:
+                        await close()
+                if guard.verdict.allowed:
+                    rest = await guard.finish()
+                    if rest:
+                        await sink.piece(Rules.clean_output(rest))
+        except GenerationError as exc:
+            await sink.notice(str(exc))
+            return None
+        except TimeoutError:
+            await sink.notice(TIMED_OUT)
+            return None
+        if not guard.verdict.allowed:
+            await sink.retract(guard.verdict.reason or OUTPUT_WITHHELD)
+            await self.moderator.emit(
+                ModerationEvent(
+                    where=request.where,
+                    rule=guard.verdict.rule,
+                    action="reply-withheld",
+                    excerpt=excerpt(guard.text),
+                    score=guard.score,
+                    log_channel=mod_policy.log_channel if mod_policy.action != "refuse" else None,
+                )
+            )
+            return None
+        return Rules.clean_output(guard.text).strip()
 
     async def _remember(
         self,

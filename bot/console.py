@@ -81,6 +81,11 @@ class TerminalSink:
         self.out.write(text)
         self.out.flush()
 
+    async def retract(self, text: str) -> None:
+        # A terminal cannot take text back; only checked text was printed.
+        self.out.write(("\n" if self._started else "") + f"[reply withheld] {text}\n")
+        self.out.flush()
+
     async def finish(self, text: str) -> str | None:
         if not self._started:
             if self.interactive:

@@ -11,6 +11,9 @@ from bot.assistant import Assistant
 from bot.generation.base import Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.weights import Progress
+from bot.moderation.classifier import OffensiveClassifier
+from bot.moderation.moderator import Moderator
+from bot.moderation.policy import GuildPolicy, Moderation
 from bot.moderation.ratelimit import Limits, RateLimiter
 from bot.settings import Settings
 from memory.connection import open_redis
@@ -25,6 +28,45 @@ class Services:
     generator: Generator
     assistant: Assistant
     guild_config: GuildConfig
+    moderator: Moderator
+
+
+def build_moderator(
+    settings: Settings, moderation: Moderation | None, classifier: OffensiveClassifier | None
+) -> Moderator:
+    mod = settings.moderation
+    return Moderator(
+        moderation,
+        classifier,
+        flood_messages=mod.flood_messages,
+        flood_seconds=mod.flood_seconds,
+        repeat_limit=mod.repeat_limit,
+        guild_in_flight=settings.ratelimit.guild_in_flight,
+        slot_lease=settings.generation.timeout + 30,
+    )
+
+
+def default_policy(settings: Settings) -> GuildPolicy:
+    """Every server's policy until its admins change it."""
+    mod = settings.moderation
+    return GuildPolicy(
+        level=mod.level,
+        action=mod.action,
+        standard_threshold=mod.standard_threshold,
+        strict_threshold=mod.strict_threshold,
+        strike_limit=mod.strike_limit,
+        strike_decay_hours=mod.strike_decay_hours,
+        cooldown_minutes=mod.cooldown_minutes,
+    )
+
+
+def load_classifier(settings: Settings) -> OffensiveClassifier:
+    mod = settings.moderation
+    return OffensiveClassifier.load(
+        titles=mod.titles_file,
+        hf_path=mod.hf_model_path,
+        hf_labels=mod.hf_labels.split(","),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +96,12 @@ async def open_services(
             concurrency=settings.generation.concurrency,
             progress=progress,
         )
+        progress("Loading the moderation classifier…")
+        classifier = await asyncio.to_thread(load_classifier, settings)
+        moderation = Moderation(
+            client, keys, defaults=default_policy(settings), log_max=settings.moderation.log_max
+        )
+        moderator = build_moderator(settings, moderation, classifier)
         rl = settings.ratelimit
         limiter = (
             RateLimiter(
@@ -65,7 +113,11 @@ async def open_services(
             else None
         )
         assistant = Assistant(
-            settings=settings, memory=memory, generator=generator, limiter=limiter
+            settings=settings,
+            memory=memory,
+            generator=generator,
+            limiter=limiter,
+            moderator=moderator,
         )
         try:
             yield Services(
@@ -73,6 +125,7 @@ async def open_services(
                 generator=generator,
                 assistant=assistant,
                 guild_config=GuildConfig(client, keys),
+                moderator=moderator,
             )
         finally:
             await assistant.upkeep.drain()

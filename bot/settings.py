@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_TITLES = Path(__file__).resolve().parents[1] / "data" / "catalog" / "netflix_titles.csv"
+
 
 def _data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mediabot"
@@ -139,6 +141,48 @@ class RateLimitSettings(BaseSettings):
     user_burst: int = Field(default=4, ge=1, le=1000)
     guild_per_minute: float = Field(default=60.0, gt=0, le=60000)
     guild_burst: int = Field(default=20, ge=1, le=10000)
+    guild_in_flight: int = Field(
+        default=4, ge=0, le=1000, description="Replies one server may have generating; 0: no cap."
+    )
+
+
+class ModerationSettings(BaseSettings):
+    """Defaults of every server's moderation policy (admins change theirs with /mod),
+    the flood rules, and the classifier."""
+
+    model_config = _section("MODERATION_")
+
+    level: Literal["off", "standard", "strict"] = "standard"
+    action: Literal["refuse", "log", "cooldown"] = "log"
+    standard_threshold: float = Field(default=0.90, gt=0.0, le=1.0)
+    strict_threshold: float = Field(default=0.75, gt=0.0, le=1.0)
+    strike_limit: int = Field(default=3, ge=1, le=100)
+    strike_decay_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    cooldown_minutes: float = Field(default=10.0, gt=0, le=60 * 24 * 30)
+    flood_messages: int = Field(default=8, ge=2, le=1000, description="Messages per window.")
+    flood_seconds: float = Field(default=30.0, gt=0, le=3600)
+    repeat_limit: int = Field(default=3, ge=2, le=100, description="Same text, per window.")
+    log_max: int = Field(default=1000, ge=10, le=1_000_000, description="Log stream length.")
+    titles_file: Path | None = Field(
+        default_factory=lambda: DEFAULT_TITLES,
+        description="CSV whose 'title' column is masked before the classifier scores.",
+    )
+    hf_model_path: Path | None = Field(
+        default=None, description="A local text-classification model directory (optional)."
+    )
+    hf_labels: str = Field(
+        default="toxic,offensive,hate,abusive,obscene,insult,threat",
+        description="Comma-separated labels of that model counted as offensive.",
+    )
+
+    @field_validator("hf_model_path")
+    @classmethod
+    def _model_dir(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            path = path.expanduser()
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{path} is not a model directory (no config.json)")
+        return path
 
 
 class DiscordSettings(BaseSettings):
@@ -166,6 +210,7 @@ class Settings(BaseModel):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     persona: PersonaName = "default"
     log_level: LogLevel = "WARNING"
 
@@ -192,6 +237,7 @@ _PREFIXES: dict[str, str] = {
     "MemorySettings": "MEMORY_",
     "DiscordSettings": "DISCORD_",
     "RateLimitSettings": "RATELIMIT_",
+    "ModerationSettings": "MODERATION_",
 }
 
 

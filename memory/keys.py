@@ -76,7 +76,9 @@ SCOPE_KINDS = (
     "turns", "turn", "msg", "seq", "terms", "profile", "summary", "postings", "stats",
 )  # fmt: skip
 OTHER_KINDS = ("lock",)
-GUILD_KINDS = ("chat_channels", "personas")
+GUILD_KINDS = ("chat_channels", "personas", "modpolicy", "modlog", "inflight")
+# Per member of a server, kept by the server's moderation (not part of a user's memory).
+GUILD_USER_KINDS = ("strikes", "cooldown", "flood", "notified")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +102,20 @@ class Keys:
         """The keys of one scope, in the order the Lua scripts expect them."""
         return [self.scope_key(user_id, scope, kind) for kind in SCOPE_KINDS]
 
+    def guild_tag(self, guild_id: str) -> str:
+        return f"{self.prefix}:{{g{encode_part(guild_id)}}}"
+
     def guild_key(self, guild_id: str, kind: str) -> str:
         if kind not in GUILD_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
-        return f"{self.prefix}:{{g{encode_part(guild_id)}}}:{kind}"
+        return f"{self.guild_tag(guild_id)}:{kind}"
+
+    def guild_user_key(self, guild_id: str, kind: str, user_id: str) -> str:
+        """A server's record about one member; shares the server's hash tag so that
+        one script can update it with the server's keys."""
+        if kind not in GUILD_USER_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.guild_tag(guild_id)}:{kind}:{encode_part(user_id)}"
 
     def scope_of(self, user_id: str, key: str) -> Scope | None:
         """The scope a key of this user belongs to, or None for user-level keys."""

@@ -14,7 +14,12 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.generation.local import LocalGenerator
+from bot.moderation.classifier import OffensiveClassifier
+from bot.moderation.moderator import Moderator
+from bot.moderation.policy import Moderation
+from bot.services import build_moderator, default_policy
 from bot.settings import (
+    DEFAULT_TITLES,
     GenerationSettings,
     MemorySettings,
     ModelSettings,
@@ -69,6 +74,20 @@ def generator() -> Iterator[LocalGenerator]:
     gen = LocalGenerator.load(model_settings())
     yield gen
     gen.close()
+
+
+@pytest.fixture(scope="session")
+def classifier() -> OffensiveClassifier:
+    """The real classifier, with the default catalog's titles masked."""
+    return OffensiveClassifier.load(titles=DEFAULT_TITLES)
+
+
+@pytest.fixture
+def moderator(redis_client: Redis, keys: Keys, classifier: OffensiveClassifier) -> Moderator:
+    """Real moderation on this test's keys, with the settings' defaults."""
+    settings = make_settings(keys)
+    moderation = Moderation(redis_client, keys, defaults=default_policy(settings))
+    return build_moderator(settings, moderation, classifier)
 
 
 def make_settings(keys: Keys, redis_url: str | None = None, **generation: object) -> Settings:

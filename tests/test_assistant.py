@@ -46,6 +46,9 @@ class RecordingSink:
         self.events.append(("finish", text))
         return self.reply_id
 
+    async def retract(self, text: str) -> None:
+        self.events.append(("retract", text))
+
     def kinds(self, kind: str) -> list[str]:
         return [t for k, t in self.events if k == kind]
 

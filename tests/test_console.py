@@ -25,11 +25,13 @@ from tests.conftest import make_settings
 def console_for(
     store: MemoryStore, keys: Keys, generator: LocalGenerator, script: bytes
 ) -> tuple[Console, io.StringIO, io.StringIO]:
+    assistant = Assistant(settings=make_settings(keys), memory=store, generator=generator)
     services = Services(
         memory=store,
         generator=generator,
-        assistant=Assistant(settings=make_settings(keys), memory=store, generator=generator),
+        assistant=assistant,
         guild_config=GuildConfig(store._redis, keys),
+        moderator=assistant.moderator,
     )
     out, err = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(script), encoding="utf-8", errors="replace")

@@ -9,25 +9,11 @@ MESSAGE_LIMIT = 2000
 FENCE = "```"
 CLOSE = "\n```"
 _LANG = re.compile(r"[A-Za-z0-9_+#.-]{1,20}(?=\n)")
-# Mentions stay readable but can never resolve: a zero-width space after the @.
-_MENTION = re.compile(r"@(everyone|here)|<@([!&]?\d+)>")
-ZWSP = "\u200b"
 
 
 def units(text: str) -> int:
     """Length as Discord counts it at worst (UTF-16 code units)."""
     return len(text.encode("utf-16-le")) // 2
-
-
-def defuse_mentions(text: str) -> str:
-    """`@everyone`, `@here`, `<@id>` and `<@&id>` shown as text, never as pings."""
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(1):
-            return "@" + ZWSP + m.group(1)
-        return "<@" + ZWSP + m.group(2) + ">"
-
-    return _MENTION.sub(repl, text)
 
 
 def _fence_state(text: str, inside: bool, lang: str) -> tuple[bool, str]:

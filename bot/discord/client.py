@@ -21,6 +21,7 @@ COGS = (
     "bot.discord.cogs.chat",
     "bot.discord.cogs.memory",
     "bot.discord.cogs.admin",
+    "bot.discord.cogs.moderation",
     "bot.discord.cogs.help",
 )
 ERROR_SENTENCE = "Sorry, something went wrong on my side. Please try again in a moment."

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.discord.chunks import defuse_mentions, split_message
+from bot.discord.chunks import split_message
+from bot.moderation.rules import defuse_mentions
 from memory.context import ContextWindow
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ class Editable(Protocol):
     id: int
 
     async def edit(self, *, content: str, allowed_mentions: discord.AllowedMentions) -> Any: ...
+
+    async def delete(self) -> Any: ...
 
 
 SendFirst = Callable[[str], Awaitable[Editable]]
@@ -106,6 +109,15 @@ class DiscordSink:
         await self._flush(final=True)
         return str(self._messages[0].id) if self._messages else None
 
+    async def retract(self, text: str) -> None:
+        """Moderation withheld the reply: whatever was shown becomes `text`."""
+        self._finished = True
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self._text = text
+        await self._flush(final=True)
+
     async def close(self) -> None:
         """After the pipeline returned: show notices no reply carried (a refused or
         failed request), and stop typing."""
@@ -138,4 +150,11 @@ class DiscordSink:
                 send = self._send_first if not self._messages else self._send_more
                 self._messages.append(await send(chunk))
                 self._shown.append(chunk)
+            # The text got shorter (a retracted reply): continuations it no longer
+            # needs are deleted.
+            while len(self._messages) > len(chunks):
+                extra = self._messages.pop()
+                self._shown.pop()
+                with contextlib.suppress(discord.HTTPException):
+                    await extra.delete()
             self._last_flush = asyncio.get_running_loop().time()

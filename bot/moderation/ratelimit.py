@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memory.keys import Keys, encode_part
+from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
 SECONDS_PER_MINUTE = 60.0
@@ -44,7 +44,7 @@ class RateLimiter:
         return f"{self.keys.user_tag(user_id)}:ratelimit"
 
     def _guild_key(self, guild_id: str) -> str:
-        return f"{self.keys.prefix}:{{g{encode_part(guild_id)}}}:ratelimit"
+        return f"{self.keys.guild_tag(guild_id)}:ratelimit"
 
     async def _bucket(
         self, key: str, per_minute: float, burst: int, cost: float

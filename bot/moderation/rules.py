@@ -18,6 +18,9 @@ INVITE = re.compile(
     re.IGNORECASE,
 )
 MENTION = re.compile(r"<@[!&]?\d+>|@(?:everyone|here)\b")
+# Mentions stay readable but can never resolve: a zero-width space after the @.
+_PING = re.compile(r"@(everyone|here)|<@([!&]?\d+)>")
+ZWSP = "\u200b"
 # Scam phrases seen in Discord spam, matched on normalised text.
 DEFAULT_BLOCKLIST = (
     "free nitro",
@@ -84,8 +87,30 @@ class Rules:
             return Verdict(False, "blocklist", "That message matches this server's blocklist.")
         return Verdict.ok()
 
+    def check_output(self, text: str) -> Verdict:
+        """The blocklist on what the model wrote (invites and mentions are not refused
+        there: `clean_output` makes them harmless)."""
+        plain = normalise(text)
+        raw = unicodedata.normalize("NFKC", text).casefold()
+        if any(p.search(plain) for p in self._words) or any(
+            p.search(plain) or p.search(raw) for p in self._regexes
+        ):
+            return Verdict(False, "blocklist", "The reply matched this server's blocklist.")
+        return Verdict.ok()
+
     @staticmethod
     def clean_output(text: str) -> str:
-        """Model text made harmless to post: invite links removed (mentions are
-        defused by the Discord sink and forbidden by AllowedMentions)."""
-        return INVITE.sub("[link removed]", text)
+        """Model text made harmless to post and store: invite links removed, mentions
+        defused in the text itself (AllowedMentions.none() forbids pings as well)."""
+        return defuse_mentions(INVITE.sub("[link removed]", text))
+
+
+def defuse_mentions(text: str) -> str:
+    """`@everyone`, `@here`, `<@id>` and `<@&id>` shown as text, never as pings."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1):
+            return "@" + ZWSP + m.group(1)
+        return "<@" + ZWSP + m.group(2) + ">"
+
+    return _PING.sub(repl, text)

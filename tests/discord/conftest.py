@@ -12,8 +12,9 @@ import pytest
 from bot.assistant import Assistant
 from bot.discord.client import MediaBot, intents_for
 from bot.generation.local import LocalGenerator
+from bot.moderation.moderator import Moderator
 from bot.services import Services
-from bot.settings import DiscordSettings
+from bot.settings import DiscordSettings, Settings
 from memory.guilds import GuildConfig
 from memory.keys import Keys
 from memory.store import MemoryStore
@@ -38,17 +39,25 @@ def payloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
 
 
 def build_bot(
-    store: MemoryStore, keys: Keys, generator: Any, *, content_intent: bool = True
+    store: MemoryStore,
+    keys: Keys,
+    generator: Any,
+    *,
+    content_intent: bool = True,
+    moderator: Moderator | None = None,
+    settings: Settings | None = None,
 ) -> MediaBot:
-    settings = make_settings(keys)
+    settings = settings or make_settings(keys)
     settings.discord = DiscordSettings(
         edit_interval=0.2, message_content_intent=content_intent, token=None
     )
+    assistant = Assistant(settings=settings, memory=store, generator=generator, moderator=moderator)
     services = Services(
         memory=store,
         generator=generator,
-        assistant=Assistant(settings=settings, memory=store, generator=generator),
+        assistant=assistant,
         guild_config=GuildConfig(store._redis, keys),
+        moderator=assistant.moderator,
     )
     # dpytest's offline guild resolves mentions from the member cache, which needs the
     # members intent; the bot itself does not ask for it.
@@ -58,8 +67,10 @@ def build_bot(
 
 
 @pytest.fixture
-async def bot(store: MemoryStore, keys: Keys, generator: LocalGenerator) -> AsyncIterator[MediaBot]:
-    client = build_bot(store, keys, generator)
+async def bot(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, moderator: Moderator
+) -> AsyncIterator[MediaBot]:
+    client = build_bot(store, keys, generator, moderator=moderator)
     await client._async_setup_hook()
     await client.load_cogs()
     dpytest.configure(client, guilds=1, text_channels=2, members=2)

@@ -7,7 +7,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.discord.chunks import FENCE, MESSAGE_LIMIT, defuse_mentions, split_message, units
+from bot.discord.chunks import FENCE, MESSAGE_LIMIT, split_message, units
+from bot.moderation.rules import defuse_mentions
 
 pieces = st.one_of(
     st.text(max_size=300),

@@ -41,6 +41,9 @@ class FakeMessage:
         self.content = content
         return self
 
+    async def delete(self) -> None:
+        self.content = ""
+
 
 @dataclass
 class FakeInteraction:

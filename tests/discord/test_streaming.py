@@ -19,12 +19,17 @@ class Posted:
     id: int
     content: str
     edits: list[str] = field(default_factory=list)
+    deleted: bool = False
 
     async def edit(self, *, content: str, allowed_mentions: Any) -> Posted:
         assert allowed_mentions.to_dict() == {"parse": []}
+        assert not self.deleted
         self.edits.append(content)
         self.content = content
         return self
+
+    async def delete(self) -> None:
+        self.deleted = True
 
 
 class Channel:
@@ -113,3 +118,16 @@ async def test_commands_sync_to_the_dev_guild_when_one_is_set(
     bot.settings.discord.dev_guild_id = None
     await bot.setup_hook()
     assert synced[-1] is None  # global sync
+
+
+async def test_a_retracted_reply_becomes_one_line_and_its_continuations_go() -> None:
+    channel = Channel()
+    sink = DiscordSink(channel.send, channel.send, edit_interval=0.2)
+    await sink.piece("word " * 900)  # 4,500 characters: three messages
+    assert len(channel.posted) == 3
+    await sink.notice("A note.")
+    await sink.retract("Withheld.")
+    await sink.close()
+    first, *rest = channel.posted
+    assert first.content == "Withheld.\n-# A note."
+    assert all(p.deleted for p in rest)

@@ -140,6 +140,7 @@ class Chat(commands.Cog):
             text=await self._prompt(message),
             message_id=str(message.id),
             persona=await self._persona(message.guild, channel.id),
+            channel_id=str(channel.id),
         )
         await self._run(request, sink)
 
@@ -169,6 +170,8 @@ class Chat(commands.Cog):
             text=prompt,
             message_id=f"interaction:{interaction.id}",
             persona=await self._persona(interaction.guild, interaction.channel_id or 0),
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            always_answer=True,
         )
         await self._run(request, sink)
 

@@ -9,10 +9,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.chunks import MESSAGE_LIMIT, defuse_mentions
+from bot.discord.chunks import MESSAGE_LIMIT
 from bot.discord.client import MediaBot
 from bot.discord.cogs.chat import scope_of
 from bot.memory_view import turn_lines
+from bot.moderation.rules import defuse_mentions
 from memory.profile import render
 from memory.records import Fact
 from memory.store import MemoryUnavailable
