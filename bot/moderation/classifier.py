@@ -162,7 +162,18 @@ class OffensiveClassifier:
         return out
 
     def score(self, text: str) -> float:
-        pieces = self.pieces(text)
-        if not pieces:
-            return 0.0
-        return max(max(scorer.scores(pieces)) for scorer in self.scorers)
+        return self.score_many([text])[0]
+
+    def score_many(self, texts: Sequence[str]) -> list[float]:
+        """`score` for many texts, with one call per scorer (a call costs ~5 ms)."""
+        owners: list[int] = []
+        pieces: list[str] = []
+        for i, text in enumerate(texts):
+            own = self.pieces(text)
+            pieces.extend(own)
+            owners.extend([i] * len(own))
+        best = [0.0] * len(texts)
+        for scorer in self.scorers:
+            for owner, value in zip(owners, scorer.scores(pieces), strict=True):
+                best[owner] = max(best[owner], value)
+        return best

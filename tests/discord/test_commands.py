@@ -116,12 +116,12 @@ class _Followup:
 async def invoke(bot: MediaBot, path: str, interaction: FakeInteraction, **kwargs: Any) -> None:
     """Run a command as the tree would: its checks, then its callback; errors go to the
     tree's error handler."""
-    name, _, sub = path.partition(" ")
+    name, *subs = path.split(" ")
     command = bot.tree.get_command(name)
-    if sub:
-        assert isinstance(command, app_commands.Group)
+    for sub in subs:
+        assert isinstance(command, app_commands.Group), path
         command = command.get_command(sub)
-    assert isinstance(command, app_commands.Command)
+    assert isinstance(command, app_commands.Command), path
     try:
         if not await command._check_can_run(interaction):  # type: ignore[arg-type]
             raise app_commands.CheckFailure("check failed")
