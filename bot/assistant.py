@@ -188,7 +188,9 @@ class Assistant:
             return ReplyOutcome(text="", stored=False, generated=False)
         where = request.where
         mod_policy = await self.moderator.policy(where)
-        check = await self.moderator.check_input(where, clean.text, mod_policy)
+        check = await self.moderator.check_input(
+            where, clean.text, mod_policy, floods=request.rate_limited
+        )
         if not check.allowed:
             # Refused messages are never stored and never reach the model.
             if not check.quiet or request.always_answer:

@@ -41,7 +41,9 @@ def test_false_positives_on_every_catalog_title_stay_under_one_percent(
 ) -> None:
     titles = catalog_titles()
     assert len(titles) == 8807
-    flagged = [t for t, s in zip(titles, classifier.score_many(titles)) if s >= threshold]
+    flagged = [
+        t for t, s in zip(titles, classifier.score_many(titles), strict=True) if s >= threshold
+    ]
     rate = len(flagged) / len(titles)
     # Measured: standard 4 titles (0.05%), strict 7 (0.08%); one-word titles such as
     # "Bitch" are not masked, since masking them would hide the insult itself.
@@ -55,7 +57,11 @@ def test_ordinary_media_questions_are_not_flagged(
 ) -> None:
     questions = lines("ordinary_questions.txt")
     assert len(questions) >= 150
-    flagged = [q for q, s in zip(questions, classifier.score_many(questions)) if s >= threshold]
+    flagged = [
+        q
+        for q, s in zip(questions, classifier.score_many(questions), strict=True)
+        if s >= threshold
+    ]
     assert len(flagged) / len(questions) < MAX_FALSE_POSITIVES, flagged
 
 
@@ -64,7 +70,9 @@ def test_abuse_is_still_caught_at_the_shipped_thresholds(
     classifier: OffensiveClassifier, threshold: float
 ) -> None:
     abusive = lines("abusive.txt")
-    caught = [a for a, s in zip(abusive, classifier.score_many(abusive)) if s >= threshold]
+    caught = [
+        a for a, s in zip(abusive, classifier.score_many(abusive), strict=True) if s >= threshold
+    ]
     assert len(caught) >= 0.95 * len(abusive), set(abusive) - set(caught)
 
 
@@ -81,7 +89,7 @@ def test_one_word_titles_are_not_masked_so_insults_stay_visible(
     classifier: OffensiveClassifier,
 ) -> None:
     assert classifier.mask is not None and len(classifier.mask) > 5000
-    assert classifier.mask.strip(normalise("you bitch")) == "you bitch"
+    assert classifier.mask.remove(normalise("you bitch")) == "you bitch"
     assert classifier.score("shut up you bitch") >= STANDARD
 
 
@@ -95,8 +103,8 @@ def test_an_insult_inside_a_long_friendly_message_is_not_diluted(
 
 def test_masking_takes_the_longest_title_and_leaves_the_rest() -> None:
     mask = TitleMask(["Die Hard", "Die Hard with a Vengeance", "Up"])
-    assert mask.strip("is die hard with a vengeance good") == "is good"
-    assert mask.strip("die hard or up") == "or up"
+    assert mask.remove("is die hard with a vengeance good") == "is good"
+    assert mask.remove("die hard or up") == "or up"
 
 
 def test_sentences_cover_long_text_in_overlapping_windows() -> None:

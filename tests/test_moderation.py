@@ -18,6 +18,7 @@ from bot.generation.local import LocalGenerator
 from bot.moderation import moderator as mod
 from bot.moderation.moderator import ModerationEvent, Moderator, OutputGuard, Where
 from bot.moderation.policy import GuildPolicy, Moderation
+from memory.connection import client_for_url
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import make_settings
@@ -181,7 +182,7 @@ async def test_generation_slots_cap_a_server_under_concurrency(moderator: Modera
     assert moderation is not None
     got = await asyncio.gather(*(moderation.acquire_slot(GUILD, f"r{i}", 3, 60) for i in range(30)))
     assert sum(got) == 3
-    holder = [i for i, ok in enumerate(got) if ok][0]
+    holder = next(i for i, ok in enumerate(got) if ok)
     assert not await moderation.acquire_slot(GUILD, "late", 3, 60)
     await moderation.release_slot(GUILD, f"r{holder}")
     assert await moderation.acquire_slot(GUILD, "late", 3, 60)
@@ -391,3 +392,21 @@ async def test_without_redis_moderation_still_refuses_by_rules_and_classifier(
     assert sink.kinds("notice") == [mod.OFFENSIVE]
     assert not (await bot.reply(ask("free nitro here"), RecordingSink())).generated
     assert Where(None, None, "u", "n").server == "dm"
+
+
+async def test_redis_gone_moderation_falls_back_to_defaults_not_to_off(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, moderator: Moderator
+) -> None:
+    dead = client_for_url("redis://127.0.0.1:1", socket_timeout=0.5, connect_timeout=0.5)
+    try:
+        offline = Moderator(Moderation(dead, keys), moderator.classifier, guild_in_flight=2)
+        where = Where(GUILD, CHANNEL, "u1", "Ada")
+        policy = await offline.policy(where)
+        assert policy == offline.defaults
+        assert (await offline.check_input(where, "what is a good comedy?", policy)).allowed
+        refused = await offline.check_input(where, "you are a stupid idiot", policy)
+        assert not refused.allowed and refused.reason == mod.OFFENSIVE
+        async with offline.slot(where, "r1") as free:
+            assert free  # no cap can be kept without Redis; answering beats refusing
+    finally:
+        await dead.aclose()

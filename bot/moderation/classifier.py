@@ -95,7 +95,7 @@ class TitleMask:
     def __len__(self) -> int:
         return len(self._titles)
 
-    def strip(self, normalised: str) -> str:
+    def remove(self, normalised: str) -> str:
         words = normalised.split()
         kept: list[str] = []
         i = 0
@@ -156,7 +156,7 @@ class OffensiveClassifier:
         for piece in sentences(text):
             plain = normalise(piece)
             if self.mask is not None:
-                plain = self.mask.strip(plain)
+                plain = self.mask.remove(plain)
             if plain:
                 out.append(plain)
         return out

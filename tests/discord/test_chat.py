@@ -40,7 +40,8 @@ async def post(
         channel,
         author,
         content=content,
-        mentions=backend.find_user_mentions(content, guild),
+        # Mentions of ids no one has resolve to nothing, as on Discord.
+        mentions=[m for m in backend.find_user_mentions(content, guild) if m is not None],
         type=19 if reference is not None else 0,
         **kwargs,
     )
