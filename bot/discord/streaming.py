@@ -81,7 +81,8 @@ class DiscordSink:
                 await task
 
     async def context(self, window: ContextWindow) -> None:
-        return None
+        # The message passed moderation and limits: a reply is coming.
+        await self.start_typing()
 
     async def notice(self, text: str) -> None:
         self._notes.append(text)

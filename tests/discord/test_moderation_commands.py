@@ -115,12 +115,19 @@ async def test_blocking_a_member_silences_the_bot_for_them(bot: MediaBot) -> Non
     channel, member = config.channels[0], config.members[1]
     me = bot.user
     assert me is not None
+    typed: list[Any] = []
+
+    async def on_typing(channel: Any) -> None:
+        typed.append(channel)
+
+    dpytest.callbacks.set_callback(on_typing, "send_typing")
     interaction = in_guild(bot, ADMIN)
     await invoke(bot, "mod block", interaction, user=member)
     await post(channel, member, f"<@{me.id}> hello")
     assert dpytest.get_message().content == f"-# {mod.BLOCKED}"
     await post(channel, member, f"<@{me.id}> hello?")
     assert dpytest.verify().message().nothing()
+    assert typed == []  # not even "typing…" for a refused message
     interaction = in_guild(bot, ADMIN)
     await invoke(bot, "mod strikes", interaction, user=member)
     assert "blocked" in (interaction.sent()[0].content or "")

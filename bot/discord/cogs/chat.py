@@ -146,7 +146,6 @@ class Chat(commands.Cog):
 
     async def _run(self, request: ReplyRequest, sink: DiscordSink) -> None:
         try:
-            await sink.start_typing()
             await self.bot.services.assistant.reply(request, sink)
         except Exception:
             log.exception("reply failed")
