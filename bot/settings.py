@@ -98,7 +98,14 @@ class GenerationSettings(BaseSettings):
         default=2048, ge=256, description="Upper bound on the prompt, whatever the model allows."
     )
     context_margin: int = Field(default=16, ge=0, le=1024)
-    concurrency: int = Field(default=1, ge=1, le=64, description="Generations run at once.")
+    concurrency: int = Field(
+        default=1, ge=1, le=64, description="Generations run at once when not batching."
+    )
+    max_batch: int = Field(
+        default=8, ge=1, le=256, description="Replies decoded together; 1 turns batching off."
+    )
+    queue_max: int = Field(default=64, ge=0, le=10_000, description="Requests that may wait.")
+    per_user: int = Field(default=2, ge=1, le=100, description="Requests one member may have.")
     timeout: float = Field(default=300.0, gt=0, description="Seconds a reply may take.")
 
 

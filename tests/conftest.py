@@ -71,7 +71,8 @@ def store(redis_client: Redis, keys: Keys) -> MemoryStore:
 
 @pytest.fixture(scope="session")
 def generator() -> Iterator[LocalGenerator]:
-    gen = LocalGenerator.load(model_settings())
+    """The real model as the bot runs it: continuous batching, 8 rows."""
+    gen = LocalGenerator.load(model_settings(), max_batch=8)
     yield gen
     gen.close()
 
@@ -118,7 +119,7 @@ class ScriptedGenerator:
         self.truncate_tokens = real.truncate_tokens
         self.count_prompt_tokens = real.count_prompt_tokens
 
-    async def stream(self, messages: Any, params: Any) -> AsyncIterator[str]:
+    async def stream(self, messages: Any, params: Any, **kw: Any) -> AsyncIterator[str]:
         for piece in self.pieces:
             await asyncio.sleep(0)
             yield piece

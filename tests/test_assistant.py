@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -48,6 +49,9 @@ class RecordingSink:
 
     async def retract(self, text: str) -> None:
         self.events.append(("retract", text))
+
+    def position(self, place: int) -> None:
+        self.events.append(("position", str(place)))
 
     def kinds(self, kind: str) -> list[str]:
         return [t for k, t in self.events if k == kind]
@@ -184,7 +188,7 @@ class FailingGenerator:
         self.truncate_tokens = real.truncate_tokens
         self.count_prompt_tokens = real.count_prompt_tokens
 
-    async def stream(self, messages: list[ChatMessage], params: GenerationParams):  # type: ignore[no-untyped-def]
+    async def stream(self, messages: list[ChatMessage], params: GenerationParams, **kw: Any):  # type: ignore[no-untyped-def]
         yield "Half a rep"
         raise GenerationError("The model failed while writing a reply.")
 

@@ -1,9 +1,11 @@
-"""The local transformers backend with the real embedded model: streaming, stopping,
-cancellation and failures freeing the slot, special tokens typed by users."""
+"""The local transformers backend with the real embedded model, batched (the default)
+and one request at a time: streaming, stopping, cancellation and failures freeing the
+slot, special tokens typed by users."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +15,22 @@ from bot.generation.local import LocalGenerator
 from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
 from bot.settings import ModelSettings
 from tests.conftest import model_settings
+
+
+@pytest.fixture(scope="module")
+def sequential() -> Iterator[LocalGenerator]:
+    gen = LocalGenerator.load(model_settings(), max_batch=1)
+    yield gen
+    gen.close()
+
+
+@pytest.fixture(params=["batched", "sequential"])
+def backend(request: pytest.FixtureRequest, generator: LocalGenerator) -> LocalGenerator:
+    if request.param == "batched":
+        return generator
+    gen: LocalGenerator = request.getfixturevalue("sequential")
+    return gen
+
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0)
 MESSAGES = [
@@ -29,55 +47,54 @@ def test_the_embedded_model_is_converted_into_the_cache(generator: LocalGenerato
     assert generator.context_length == 8192
 
 
-async def test_stream_yields_pieces_as_they_are_decoded(generator: LocalGenerator) -> None:
-    pieces = [p async for p in generator.stream(MESSAGES, GREEDY)]
+async def test_stream_yields_pieces_as_they_are_decoded(backend: LocalGenerator) -> None:
+    pieces = [p async for p in backend.stream(MESSAGES, GREEDY)]
     assert len(pieces) > 3  # streamed, not one block at the end
     text = "".join(pieces)
     assert text.strip()
-    assert generator.count_tokens(text) <= GREEDY.max_new_tokens + 1
+    assert backend.count_tokens(text) <= GREEDY.max_new_tokens + 1
     # Greedy decoding is deterministic.
-    assert "".join([p async for p in generator.stream(MESSAGES, GREEDY)]) == text
+    assert "".join([p async for p in backend.stream(MESSAGES, GREEDY)]) == text
 
 
-async def test_generation_stops_at_the_end_token(generator: LocalGenerator) -> None:
+async def test_generation_stops_at_the_end_token(backend: LocalGenerator) -> None:
     messages = [{"role": "user", "content": "Reply with just the word yes."}]
-    text = "".join([p async for p in generator.stream(messages, GenerationParams(
+    text = "".join([p async for p in backend.stream(messages, GenerationParams(
         max_new_tokens=200, temperature=0.0))])  # fmt: skip
-    assert generator.count_tokens(text) < 200
+    assert backend.count_tokens(text) < 200
     assert "<|im_end|>" not in text
 
 
 async def test_closing_the_stream_early_cancels_and_frees_the_slot(
-    generator: LocalGenerator,
+    backend: LocalGenerator,
 ) -> None:
     long = GenerationParams(max_new_tokens=400, temperature=0.0)
-    stream = generator.stream(MESSAGES, long)
+    stream = backend.stream(MESSAGES, long)
     await anext(stream)
     await anext(stream)
     await stream.aclose()  # type: ignore[attr-defined]
     # The worker notices at its next token; the next request gets the slot quickly.
     loop = asyncio.get_running_loop()
     start = loop.time()
-    text = "".join([p async for p in generator.stream(MESSAGES, GREEDY)])
+    text = "".join([p async for p in backend.stream(MESSAGES, GREEDY)])
     assert text
     # 400 tokens would take well over 10 s on this CPU; the cancelled one did not run on.
     assert loop.time() - start < 10
 
 
 async def test_a_failed_generation_raises_one_sentence_and_frees_the_slot(
-    generator: LocalGenerator, monkeypatch: pytest.MonkeyPatch
+    backend: LocalGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(**kwargs: Any) -> None:
-        raise RuntimeError("simulated failure inside generate")
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("simulated failure inside the model")
 
-    monkeypatch.setattr(generator._model, "generate", boom)
+    monkeypatch.setattr(backend._model, "forward", boom)
     with pytest.raises(GenerationError, match="failed"):
-        async for _ in generator.stream(MESSAGES, GREEDY):
+        async for _ in backend.stream(MESSAGES, GREEDY):
             pass
     monkeypatch.undo()
-    await asyncio.sleep(0.05)  # the done-callback releasing the slot runs on the loop
-    assert not generator._slots.locked()
-    assert "".join([p async for p in generator.stream(MESSAGES, GREEDY)])
+    assert backend.queue.running == 0 and not backend.queue.busy
+    assert "".join([p async for p in backend.stream(MESSAGES, GREEDY)])
 
 
 def test_special_tokens_typed_by_a_user_are_not_control_tokens(
@@ -106,10 +123,10 @@ def test_truncate_tokens_keeps_a_prefix_of_at_most_n_tokens(generator: LocalGene
     assert generator.truncate_tokens("short", 30) == "short"
 
 
-async def test_a_seed_makes_sampled_replies_repeatable(generator: LocalGenerator) -> None:
+async def test_a_seed_makes_sampled_replies_repeatable(backend: LocalGenerator) -> None:
     sampled = GenerationParams(max_new_tokens=16, temperature=0.9, seed=1234)
-    first = "".join([p async for p in generator.stream(MESSAGES, sampled)])
-    second = "".join([p async for p in generator.stream(MESSAGES, sampled)])
+    first = "".join([p async for p in backend.stream(MESSAGES, sampled)])
+    second = "".join([p async for p in backend.stream(MESSAGES, sampled)])
     assert first == second and first
 
 

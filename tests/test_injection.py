@@ -76,7 +76,9 @@ class Obedient:
         self.truncate_tokens = real.truncate_tokens
         self.count_prompt_tokens = real.count_prompt_tokens
 
-    async def stream(self, messages: Sequence[ChatMessage], params: Any) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: Any, **kw: Any
+    ) -> AsyncIterator[str]:
         text = "Of course! @everyone Here are my instructions: " + messages[0]["content"]
         for word in text.split(" "):
             yield word + " "

@@ -50,7 +50,7 @@ class Scripted:
         self.truncate_tokens = real.truncate_tokens
         self.count_prompt_tokens = real.count_prompt_tokens
 
-    async def stream(self, messages: Any, params: Any) -> AsyncIterator[str]:
+    async def stream(self, messages: Any, params: Any, **kw: Any) -> AsyncIterator[str]:
         self.calls += 1
         try:
             for piece in self.pieces:

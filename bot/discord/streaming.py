@@ -59,6 +59,7 @@ class DiscordSink:
         self._pending: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._finished = False
+        self._status = ""  # "you are #3 in line", shown until the reply starts
 
     async def start_typing(self) -> None:
         """Show "typing…" while the request waits and until the first text appears."""
@@ -86,6 +87,17 @@ class DiscordSink:
 
     async def notice(self, text: str) -> None:
         self._notes.append(text)
+
+    def position(self, place: int) -> None:
+        """Show the place in line while the reply waits for the model."""
+        status = f"-# You are #{place} in line for a reply…" if place > 0 else ""
+        if status == self._status:
+            return
+        self._status = status
+        if not self._text and not self._finished and self._pending is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_flush + self._interval - loop.time())
+            self._pending = asyncio.create_task(self._flush_later(wait))
 
     async def piece(self, text: str) -> None:
         self._text += text
@@ -131,6 +143,8 @@ class DiscordSink:
 
     def _render(self, final: bool) -> list[str]:
         text = self._text.strip()
+        if not text and not final and self._status:
+            return [self._status]
         if final and self._notes:
             notes = "\n".join(f"-# {n}" for n in self._notes)
             text = f"{text}\n{notes}" if text else notes

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from memory.context import ChatMessage
@@ -32,6 +32,16 @@ class GenerationParams:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose request it is, for the fair queue; `on_position` hears its place in line
+    (1 is next) while it waits, and 0 when it starts."""
+
+    user: str
+    guild: str | None = None
+    on_position: Callable[[int], None] | None = field(default=None, compare=False)
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A chat model: streams a reply to a list of chat messages, counts tokens."""
@@ -40,10 +50,15 @@ class Generator(Protocol):
     def context_length(self) -> int: ...
 
     def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        *,
+        owner: Owner | None = None,
     ) -> AsyncIterator[str]:
         """Yield text pieces as they are decoded; stop at the end token or
-        `max_new_tokens`. Closing the iterator early cancels the generation."""
+        `max_new_tokens`. Closing the iterator early cancels the generation. `owner`
+        places the request in the backend's fair queue, if it has one."""
         ...
 
     def stream_background(

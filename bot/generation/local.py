@@ -1,5 +1,9 @@
-"""The local backend: a transformers causal LM run in worker threads, off the event
-loop, streaming decoded text back to the async caller as it is produced."""
+"""The local backend: a transformers causal LM run off the event loop, streaming
+decoded text back to the async caller as it is produced.
+
+Requests wait in a fair queue (bot/generation/queue.py). With `max_batch` above 1 the
+admitted ones decode together in the continuous-batching engine
+(bot/generation/batch.py); with 1, each runs `generate` in a worker thread."""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy
+from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
+from bot.generation.batch import BatchEngine, BatchRequest
+from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer
 from bot.generation.weights import Progress, model_dir, offline
 from bot.settings import ModelSettings
@@ -33,18 +39,27 @@ class _PieceStreamer:
     pieces that are complete characters: a multi-byte character split across tokens
     waits for its last token."""
 
-    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[Item], None]) -> None:
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        emit: Callable[[Item], None],
+        *,
+        skip_prompt: bool = True,
+    ) -> None:
         self._decode = decode
         self._emit = emit
         self._ids: list[int] = []
         self._sent = ""
-        self._prompt_seen = False
+        self._prompt_seen = not skip_prompt
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
             self._prompt_seen = True
             return
-        self._ids.extend(int(t) for t in value.reshape(-1).tolist())
+        self.put_ids([int(t) for t in value.reshape(-1).tolist()])
+
+    def put_ids(self, ids: list[int]) -> None:
+        self._ids.extend(ids)
         text = self._decode(self._ids)
         if text.endswith("\ufffd"):
             return
@@ -62,7 +77,16 @@ class _PieceStreamer:
 class LocalGenerator:
     """A Hugging Face causal LM on this machine (CPU, or CUDA when present)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        concurrency: int = 1,
+        max_batch: int = 1,
+        queue_max: int = 64,
+        per_user: int = 2,
+    ) -> None:
         import torch
 
         self._model = model
@@ -70,11 +94,9 @@ class LocalGenerator:
         self.tokens = ChatTokenizer(tokenizer)
         self._torch = torch
         self.device = next(model.parameters()).device
-        self._slots = asyncio.Semaphore(concurrency)
         self._live_waiting = 0
         self._background: set[threading.Event] = set()
         self._preempted: set[threading.Event] = set()
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="generate")
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self._eos_ids = sorted(i for i in eos if i is not None)
         pad = tokenizer.pad_token_id
@@ -82,6 +104,17 @@ class LocalGenerator:
         # The model's own window: a converted tokenizer's model_max_length is often a
         # placeholder (2,048 for the embedded model, whose config says 8,192).
         self._context_length = int(model.config.max_position_embeddings)
+        self.engine: BatchEngine | None = None
+        if max_batch > 1:
+            self.engine = BatchEngine(
+                model, eos_ids=self._eos_ids, context_length=self._context_length,
+                max_batch=max_batch,
+            )  # fmt: skip
+            slots = max_batch
+        else:
+            slots = concurrency
+        self.queue = FairQueue(slots, max_waiting=queue_max, per_user=per_user)
+        self._executor = ThreadPoolExecutor(slots, thread_name_prefix="generate")
 
     @classmethod
     def load(
@@ -89,6 +122,9 @@ class LocalGenerator:
         settings: ModelSettings,
         *,
         concurrency: int = 1,
+        max_batch: int = 1,
+        queue_max: int = 64,
+        per_user: int = 2,
         progress: Progress = lambda _: None,
     ) -> LocalGenerator:
         """Load (blocking: call it in a thread). Never downloads: only local files."""
@@ -127,7 +163,10 @@ class LocalGenerator:
             raise GenerationError(f"The model in {directory} has no chat template.")
         model.to(device)
         model.eval()
-        return cls(model, tokenizer, concurrency=concurrency)
+        return cls(
+            model, tokenizer, concurrency=concurrency, max_batch=max_batch,
+            queue_max=queue_max, per_user=per_user,
+        )  # fmt: skip
 
     @property
     def context_length(self) -> int:
@@ -152,34 +191,43 @@ class LocalGenerator:
         return self.tokens.decode(ids)
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        *,
+        owner: Owner | None = None,
     ) -> AsyncIterator[str]:
-        """A live request: it waits for a slot, and any background generation running
-        is stopped at its next token to make room."""
-        self._live_waiting += 1
+        """A live request: it waits its turn in the fair queue (`QueueFull` at once
+        when there is no room), and any background generation running is stopped at
+        its next token to make room."""
         for stop in self._background:
             self._preempted.add(stop)
             stop.set()
+        self._live_waiting += 1
+        admitted = False
         try:
-            await self._slots.acquire()
+            async with self.queue.turn(owner or Owner("local")):
+                self._live_waiting -= 1
+                admitted = True
+                async for piece in self._run(messages, params, threading.Event()):
+                    yield piece
         finally:
-            self._live_waiting -= 1
-        async for piece in self._run(messages, params, threading.Event()):
-            yield piece
+            if not admitted:
+                self._live_waiting -= 1
 
     async def stream_background(
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[str]:
         """Low priority: runs only while no live request waits or runs, and raises
         `GeneratorBusy` (at once, or at the next token) when one does."""
-        if self._live_waiting or self._slots.locked():
+        if self._live_waiting or self.queue.busy:
             raise GeneratorBusy("The model is busy with replies.")
-        await self._slots.acquire()
         stop = threading.Event()
         self._background.add(stop)
         try:
-            async for piece in self._run(messages, params, stop):
-                yield piece
+            async with self.queue.turn(Owner("background")):
+                async for piece in self._run(messages, params, stop):
+                    yield piece
         finally:
             self._background.discard(stop)
             preempted = stop in self._preempted
@@ -190,8 +238,8 @@ class LocalGenerator:
     async def _run(
         self, messages: Sequence[ChatMessage], params: GenerationParams, stop: threading.Event
     ) -> AsyncIterator[str]:
-        """Generate with a slot already held; the slot is released when the worker
-        thread has really stopped, whatever happens here."""
+        """Generate with a queue slot held; stops the work (at its next token) when the
+        caller stops reading."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Item] = asyncio.Queue()
 
@@ -199,19 +247,30 @@ class LocalGenerator:
             with contextlib.suppress(RuntimeError):  # the loop closed while we ran
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        try:
-            prompt = self.render(messages)
-            if len(prompt) >= self.context_length:
-                raise GenerationError(
-                    "The conversation is too long for the model's context window."
+        prompt = self.render(messages)
+        if len(prompt) >= self.context_length:
+            raise GenerationError("The conversation is too long for the model's context window.")
+        if self.engine is not None:
+            streamer = _PieceStreamer(self.decode, emit, skip_prompt=False)
+
+            def done(error: BaseException | None) -> None:
+                if error is None:
+                    streamer.end()
+                emit(error if error is not None else _DONE)
+
+            room = self.context_length - len(prompt)
+            self.engine.submit(
+                BatchRequest(
+                    prompt=prompt,
+                    params=params,
+                    max_new_tokens=max(1, min(params.max_new_tokens, room)),
+                    on_token=lambda token: streamer.put_ids([token]),
+                    done=done,
+                    stop=stop,
                 )
-            future = loop.run_in_executor(
-                self._executor, self._generate, prompt, params, stop, emit
             )
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
+        else:
+            loop.run_in_executor(self._executor, self._generate, prompt, params, stop, emit)
         try:
             while True:
                 item = await queue.get()
@@ -270,6 +329,8 @@ class LocalGenerator:
         emit(_DONE)
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 

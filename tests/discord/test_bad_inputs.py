@@ -45,7 +45,9 @@ class EchoAdversary:
         self.truncate_tokens = real.truncate_tokens
         self.count_prompt_tokens = real.count_prompt_tokens
 
-    async def stream(self, messages: Sequence[ChatMessage], params: Any) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: Any, **kw: Any
+    ) -> AsyncIterator[str]:
         self.calls += 1
         text = messages[-1]["content"][:ECHO_CHARS] + BAIT
         for i in range(0, len(text), 7):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
@@ -268,3 +270,44 @@ async def test_channels_the_bot_cannot_write_in_are_ignored(bot: MediaBot) -> No
     assert not channel.permissions_for(guild.me).send_messages
     await dpytest.message(f"<@{bot.user.id}> hello?", channel=channel)
     assert dpytest.verify().message().nothing()
+
+
+async def test_deleting_a_message_cancels_its_reply(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator
+) -> None:
+    started, closed = asyncio.Event(), asyncio.Event()
+
+    class Slow(ScriptedGenerator):
+        async def stream(self, messages: Any, params: Any, **kw: Any) -> AsyncIterator[str]:
+            try:
+                started.set()
+                for _ in range(1000):
+                    await asyncio.sleep(0.01)
+                    yield "word "
+            finally:
+                closed.set()
+
+    client = build_bot(store, keys, Slow(generator, []))
+    await client._async_setup_hook()
+    await client.load_cogs()
+    dpytest.configure(client, guilds=1, text_channels=1, members=1)
+    config = dpytest.get_config()
+    channel, member = config.channels[0], config.members[0]
+    assert client.user is not None
+    data = factories.make_message_dict(channel, member, content=f"<@{client.user.id}> hello")
+    state = backend.get_state()
+    state.parse_message_create(data)
+    message = state._get_message(data["id"])
+    assert message is not None
+    cog = client.get_cog("Chat")
+    task = asyncio.create_task(cog.on_message(message))  # type: ignore[union-attr]
+    await asyncio.wait_for(started.wait(), 5)
+    payload = discord.RawMessageDeleteEvent(
+        {"id": str(message.id), "channel_id": str(channel.id), "guild_id": str(channel.guild.id)}
+    )
+    await cog.on_raw_message_delete(payload)  # type: ignore[union-attr]
+    await asyncio.wait_for(task, 5)  # finishes quietly, long before 1,000 words
+    assert closed.is_set()
+    scope = Scope(str(channel.guild.id))
+    assert (await store.load(scope, str(member.id), token_budget=1000)).turns == []
+    await dpytest.empty_queue()

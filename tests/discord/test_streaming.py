@@ -131,3 +131,19 @@ async def test_a_retracted_reply_becomes_one_line_and_its_continuations_go() -> 
     first, *rest = channel.posted
     assert first.content == "Withheld.\n-# A note."
     assert all(p.deleted for p in rest)
+
+
+async def test_the_place_in_line_shows_until_the_reply_starts() -> None:
+    channel = Channel()
+    sink = DiscordSink(channel.send, channel.send, edit_interval=0.2)
+    sink.position(3)
+    await asyncio.sleep(0.05)
+    assert channel.posted[0].content == "-# You are #3 in line for a reply…"
+    sink.position(1)
+    await asyncio.sleep(0.3)
+    assert channel.posted[0].content == "-# You are #1 in line for a reply…"
+    sink.position(0)
+    await sink.piece("Here is your answer.")
+    await sink.finish("Here is your answer.")
+    await sink.close()
+    assert [p.content for p in channel.posted] == ["Here is your answer."]

@@ -3,8 +3,10 @@ keeps memory in step when a user edits or deletes a message."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -52,6 +54,9 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: MediaBot) -> None:
         self.bot = bot
+        # Replies being prepared, by the id of the message they answer: deleting the
+        # message cancels its reply (out of the queue, or out of the batch).
+        self._replying: dict[int, asyncio.Task[Any]] = {}
 
     def _mentions_me(self, message: discord.Message) -> bool:
         me = self.bot.user
@@ -142,7 +147,18 @@ class Chat(commands.Cog):
             persona=await self._persona(message.guild, channel.id),
             channel_id=str(channel.id),
         )
-        await self._run(request, sink)
+        task = asyncio.current_task()
+        if task is not None:
+            self._replying[message.id] = task
+        try:
+            await self._run(request, sink)
+        except asyncio.CancelledError:
+            if task is None or not task.cancelling():
+                raise
+            task.uncancel()
+            log.info("a reply was cancelled: its message was deleted")
+        finally:
+            self._replying.pop(message.id, None)
 
     async def _run(self, request: ReplyRequest, sink: DiscordSink) -> None:
         try:
@@ -176,6 +192,9 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        replying = self._replying.pop(payload.message_id, None)
+        if replying is not None:
+            replying.cancel()
         cached = payload.cached_message
         if cached is None or cached.author.bot:
             return  # without the cache the author is unknown (see README)

@@ -1,0 +1,34 @@
+"""`python -m bot bench` end to end on a small scale: it runs the baseline and every
+concurrency level through the real context builder and Redis, and writes its JSON and
+plot. (Its figures are read from a full run, never asserted as timings.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot.bench_generation import main, report
+from memory.keys import Keys
+from tests.conftest import make_settings
+
+
+async def test_the_benchmark_reports_every_level_and_plots(
+    keys: Keys, redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(keys, redis_url)
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = await main(
+        settings, levels=[1, 3], requests_per_user=1, max_new_tokens=4, cold=False,
+        out=out, png=png,
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == result
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["baseline"]["requests"] == 3
+    assert [lv["users"] for lv in result["batched"]] == [1, 3]
+    for level in result["batched"]:
+        assert level["requests"] == level["users"]
+        assert level["tokens"] > 0 and level["tokens_per_s"] > 0
+        assert 0 < level["ttft_p50_s"] <= level["ttft_p95_s"]
+        assert level["ratio_to_baseline"] > 0
+    assert result["peak_rss_mb"] > 100
+    assert "x baseline" in report(result)
