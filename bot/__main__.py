@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--requests", type=int, default=2, help="messages per user (default 2)")
     load.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     load.add_argument("--no-cold-start", action="store_true", help="skip the cold-start runs")
+    load.add_argument(
+        "--no-history",
+        action="store_true",
+        help="users without a remembered conversation (short prompts: decoding dominates)",
+    )
     load.add_argument("--out", type=Path, help="also write the JSON result here")
     load.add_argument("--png", type=Path, help="also plot throughput and TTFT here")
     sub.add_parser(
@@ -158,6 +163,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
         cold=not args.no_cold_start,
         out=args.out,
         png=args.png,
+        history=not args.no_history,
     )
     print(json.dumps(result, indent=2))
     print(report(result), file=sys.stderr)

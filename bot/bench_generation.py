@@ -139,8 +139,8 @@ def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
         "tokens": tokens,
         "seconds": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1) if wall else 0.0,
-        "ttft_p50_s": round(percentile(ttfts, 50), 3),
-        "ttft_p95_s": round(percentile(ttfts, 95), 3),
+        "ttft_p50_s": round(percentile(ttfts, 0.50), 3),
+        "ttft_p95_s": round(percentile(ttfts, 0.95), 3),
         "per_token_ms": round(1000 * sum(per_token) / len(per_token), 1) if per_token else 0.0,
         "peak_rss_mb": round(rss_peak_mb(), 1),
     }
@@ -217,6 +217,7 @@ async def main(
     cold: bool,
     out: Path | None,
     png: Path | None,
+    history: bool = True,
 ) -> dict[str, Any]:
     from memory.connection import open_redis
 
@@ -236,13 +237,15 @@ async def main(
         "requests_per_user": requests_per_user,
         "batch_width": width,
         "torch_threads": __import__("torch").get_num_threads(),
+        "remembered_history": history,
     }
     try:
         async with open_redis(url, data_dir=settings.redis.data_dir) as client:
             store = MemoryStore(client, keys=Keys(prefix))
             rig = Rig(store, policy, params)
             try:
-                await seed_memory(store, max(*levels, 8), batched)
+                if history:
+                    await seed_memory(store, max(*levels, 8), batched)
                 # Warm-up: the first forward passes are slower.
                 await one_request(batched, rig, 0, MESSAGES[0])
                 result["baseline"] = await baseline(
