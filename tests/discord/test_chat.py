@@ -295,10 +295,8 @@ async def test_deleting_a_message_cancels_its_reply(
     channel, member = config.channels[0], config.members[0]
     assert client.user is not None
     data = factories.make_message_dict(channel, member, content=f"<@{client.user.id}> hello")
-    state = backend.get_state()
-    state.parse_message_create(data)
-    message = state._get_message(data["id"])
-    assert message is not None
+    # Built without dispatching it: only the handler started below answers it.
+    message = discord.Message(state=backend.get_state(), channel=channel, data=data)
     cog = client.get_cog("Chat")
     task = asyncio.create_task(cog.on_message(message))  # type: ignore[union-attr]
     await asyncio.wait_for(started.wait(), 5)
