@@ -131,6 +131,20 @@ class DiscordSink:
         self._text = text
         await self._flush(final=True)
 
+    async def discard(self) -> None:
+        """The request was withdrawn (its message deleted): what was shown goes too."""
+        self._finished = True
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        await self._stop_typing()
+        async with self._lock:
+            for message in self._messages:
+                with contextlib.suppress(discord.HTTPException):
+                    await message.delete()
+            self._messages.clear()
+            self._shown.clear()
+
     async def close(self) -> None:
         """After the pipeline returned: show notices no reply carried (a refused or
         failed request), and stop typing."""

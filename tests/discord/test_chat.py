@@ -280,7 +280,9 @@ async def test_deleting_a_message_cancels_its_reply(
     class Slow(ScriptedGenerator):
         async def stream(self, messages: Any, params: Any, **kw: Any) -> AsyncIterator[str]:
             try:
-                started.set()
+                yield "Here is a first sentence. "
+                yield "More"
+                started.set()  # the first sentence is on Discord by now
                 for _ in range(1000):
                     await asyncio.sleep(0.01)
                     yield "word "
@@ -298,6 +300,12 @@ async def test_deleting_a_message_cancels_its_reply(
     # Built without dispatching it: only the handler started below answers it.
     message = discord.Message(state=backend.get_state(), channel=channel, data=data)
     cog = client.get_cog("Chat")
+    deleted: list[discord.Message] = []
+
+    async def on_delete(channel: Any, message: discord.Message, **kw: Any) -> None:
+        deleted.append(message)
+
+    dpytest.callbacks.set_callback(on_delete, "delete_message")
     task = asyncio.create_task(cog.on_message(message))  # type: ignore[union-attr]
     await asyncio.wait_for(started.wait(), 5)
     payload = discord.RawMessageDeleteEvent(
@@ -306,6 +314,8 @@ async def test_deleting_a_message_cancels_its_reply(
     await cog.on_raw_message_delete(payload)  # type: ignore[union-attr]
     await asyncio.wait_for(task, 5)  # finishes quietly, long before 1,000 words
     assert closed.is_set()
+    # The part of the reply already shown was deleted with it.
+    assert [m.content for m in deleted] == ["Here is a first sentence."]
     scope = Scope(str(channel.guild.id))
     assert (await store.load(scope, str(member.id), token_budget=1000)).turns == []
     await dpytest.empty_queue()

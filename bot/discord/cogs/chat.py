@@ -156,6 +156,7 @@ class Chat(commands.Cog):
             if task is None or not task.cancelling():
                 raise
             task.uncancel()
+            await sink.discard()
             log.info("a reply was cancelled: its message was deleted")
         finally:
             self._replying.pop(message.id, None)
