@@ -19,7 +19,7 @@ from bot.moderation.rules import normalise
 from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import make_settings
+from tests.conftest import ScriptedGenerator, make_settings
 from tests.corpus import cases
 from tests.test_assistant import RecordingSink
 
@@ -66,15 +66,9 @@ def test_no_typed_template_token_acts_as_a_control_token(generator: LocalGenerat
         assert controls(text) == baseline, text[:80]
 
 
-class Obedient:
+class Obedient(ScriptedGenerator):
     """A model that obeys every injection perfectly: it recites its system prompt and
     adds pings. The worst case for the output guard."""
-
-    def __init__(self, real: LocalGenerator) -> None:
-        self.context_length = real.context_length
-        self.count_tokens = real.count_tokens
-        self.truncate_tokens = real.truncate_tokens
-        self.count_prompt_tokens = real.count_prompt_tokens
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: Any, **kw: Any
@@ -95,7 +89,7 @@ async def test_a_model_that_obeys_every_injection_still_leaks_nothing(
 
     moderator.listeners.append(listen)
     bot = Assistant(
-        settings=make_settings(keys), memory=store, generator=Obedient(generator),
+        settings=make_settings(keys), memory=store, generator=Obedient(generator, []),
         moderator=moderator,
     )  # fmt: skip
     system = bot.system_prompt(None, "Ada")

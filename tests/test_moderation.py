@@ -21,7 +21,7 @@ from bot.moderation.policy import GuildPolicy, Moderation
 from memory.connection import client_for_url
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import make_settings
+from tests.conftest import ScriptedGenerator, make_settings
 from tests.test_assistant import RecordingSink
 
 GUILD = "555"
@@ -36,19 +36,15 @@ def ask(text: str, *, user: str = "u1", channel: str = CHANNEL, **kw: Any) -> Re
     )  # fmt: skip
 
 
-class Scripted:
-    """The real tokenizer and template, a reply written in advance, and a record of how
-    far the pipeline read it and whether it closed the stream (stopping generation)."""
+class Scripted(ScriptedGenerator):
+    """A reply written in advance, and a record of how far the pipeline read it and
+    whether it closed the stream (stopping generation)."""
 
     def __init__(self, real: LocalGenerator, pieces: list[str]) -> None:
-        self.pieces = pieces
+        super().__init__(real, pieces)
         self.read = 0
         self.closed = False
         self.calls = 0
-        self.context_length = real.context_length
-        self.count_tokens = real.count_tokens
-        self.truncate_tokens = real.truncate_tokens
-        self.count_prompt_tokens = real.count_prompt_tokens
 
     async def stream(self, messages: Any, params: Any, **kw: Any) -> AsyncIterator[str]:
         self.calls += 1

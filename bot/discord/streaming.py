@@ -108,6 +108,11 @@ class DiscordSink:
         elif self._pending is None:
             self._pending = asyncio.create_task(self._flush_later(max(wait, 0.0)))
 
+    def _cancel_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
     async def _flush_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self._pending = None
@@ -115,9 +120,7 @@ class DiscordSink:
 
     async def finish(self, text: str) -> str | None:
         self._finished = True
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        self._cancel_pending()
         self._text = text
         await self._flush(final=True)
         return str(self._messages[0].id) if self._messages else None
@@ -125,18 +128,14 @@ class DiscordSink:
     async def retract(self, text: str) -> None:
         """Moderation withheld the reply: whatever was shown becomes `text`."""
         self._finished = True
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        self._cancel_pending()
         self._text = text
         await self._flush(final=True)
 
     async def discard(self) -> None:
         """The request was withdrawn (its message deleted): what was shown goes too."""
         self._finished = True
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        self._cancel_pending()
         await self._stop_typing()
         async with self._lock:
             for message in self._messages:
@@ -148,9 +147,7 @@ class DiscordSink:
     async def close(self) -> None:
         """After the pipeline returned: show notices no reply carried (a refused or
         failed request), and stop typing."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        self._cancel_pending()
         if not self._finished and self._notes:
             await self._flush(final=True)
         await self._stop_typing()

@@ -77,26 +77,25 @@ class Rules:
             return Verdict(False, "mention-flood", "That message mentions too many people.")
         if INVITE.search(text) or INVITE.search(normalise(text)):
             return Verdict(False, "invite-link", "I don't pass on server invite links.")
-        # Words are matched on the normalised text; a regex also on the text itself
-        # (leetspeak reading would turn the digits it may look for into letters).
-        plain = normalise(text)
-        raw = unicodedata.normalize("NFKC", text).casefold()
-        if any(p.search(plain) for p in self._words) or any(
-            p.search(plain) or p.search(raw) for p in self._regexes
-        ):
+        if self._blocked(text):
             return Verdict(False, "blocklist", "That message matches this server's blocklist.")
         return Verdict.ok()
 
     def check_output(self, text: str) -> Verdict:
         """The blocklist on what the model wrote (invites and mentions are not refused
         there: `clean_output` makes them harmless)."""
-        plain = normalise(text)
-        raw = unicodedata.normalize("NFKC", text).casefold()
-        if any(p.search(plain) for p in self._words) or any(
-            p.search(plain) or p.search(raw) for p in self._regexes
-        ):
+        if self._blocked(text):
             return Verdict(False, "blocklist", "The reply matched this server's blocklist.")
         return Verdict.ok()
+
+    def _blocked(self, text: str) -> bool:
+        # Words are matched on the normalised text; a regex also on the text itself
+        # (leetspeak reading would turn the digits it may look for into letters).
+        plain = normalise(text)
+        raw = unicodedata.normalize("NFKC", text).casefold()
+        return any(p.search(plain) for p in self._words) or any(
+            p.search(plain) or p.search(raw) for p in self._regexes
+        )
 
     @staticmethod
     def clean_output(text: str) -> str:

@@ -24,7 +24,7 @@ from bot.services import build_moderator, default_policy
 from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import make_settings
+from tests.conftest import ScriptedGenerator, make_settings
 from tests.corpus import all_cases
 from tests.discord.conftest import build_bot
 from tests.discord.test_chat import post
@@ -34,16 +34,13 @@ BAIT = " @everyone <@123456789012345678> <@&987654321098765432> discord.gg/bait 
 ECHO_CHARS = 3000
 
 
-class EchoAdversary:
+class EchoAdversary(ScriptedGenerator):
     """Streams the user's message back (up to 3,000 characters, in token-sized pieces)
     followed by ping and invite bait; records whether it was asked at all."""
 
     def __init__(self, real: LocalGenerator) -> None:
+        super().__init__(real, [])
         self.calls = 0
-        self.context_length = real.context_length
-        self.count_tokens = real.count_tokens
-        self.truncate_tokens = real.truncate_tokens
-        self.count_prompt_tokens = real.count_prompt_tokens
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: Any, **kw: Any
