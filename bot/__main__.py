@@ -1,5 +1,5 @@
-"""Command line: `python -m bot chat | run | bench | bench-memory | prepare-model` (also
-`mediabot`)."""
+"""Command line: `python -m bot chat | run | import-catalog | bench | bench-memory |
+bench-recommend | prepare-model` (also `mediabot`)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from bot.generation.base import GenerationError
 from bot.settings import Settings, describe_error
-from memory.connection import RedisUnavailable
+from memory.connection import RedisUnavailable, open_redis
 from memory.context import ContextError
+from memory.store import MemoryUnavailable
 from prompts import PromptError, load_persona
 
 EXIT_SETTINGS = 2
@@ -65,6 +66,25 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "prepare-model", help="convert and cache the embedded model now (for images and CI)"
     )
+    imp = sub.add_parser("import-catalog", help="import a CSV or JSON catalog into Redis")
+    imp.add_argument("file", type=Path, help="the CSV or JSON file")
+    imp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="which column holds a field (title, type, year, genres, directors, cast, "
+        "country, rating, duration, popularity, id); common names are found without it",
+    )
+    imp.add_argument("--type", default="Title", help="type of rows without one (e.g. Game)")
+    imp.add_argument(
+        "--replace", action="store_true", help="drop titles not in this file (default: merge)"
+    )
+    rec = sub.add_parser(
+        "bench-recommend", help="precision@5 of recommendations against a popularity baseline"
+    )
+    rec.add_argument("--users", type=int, default=50, help="synthetic users (default 50)")
+    rec.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser
 
 
@@ -170,6 +190,55 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _import_catalog(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.media.library import CatalogFileError, Library, parse_file, parse_mapping
+    from memory.keys import Keys
+
+    try:
+        mapping = parse_mapping(args.map)
+        titles, report = parse_file(args.file, mapping, default_type=args.type)
+    except OSError as exc:
+        print(f"Could not read {args.file}: {exc.strerror}.", file=sys.stderr)
+        return EXIT_SETTINGS
+    except CatalogFileError as exc:
+        print(f"Could not import {args.file}: {exc}.", file=sys.stderr)
+        return EXIT_SETTINGS
+    print(f"{args.file.name}: {report.describe()}", file=sys.stderr)
+    if not titles:
+        print("Nothing to import.", file=sys.stderr)
+        return EXIT_SETTINGS
+    url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    async with open_redis(url, data_dir=settings.redis.data_dir) as client:
+        library = Library(client, Keys(settings.memory.key_prefix))
+        new = await library.store(titles, source=args.file.name, replace=args.replace)
+        total = await library.count()
+    print(
+        f"Imported: {new:,} new, {len(titles) - new:,} already there; the catalog holds "
+        f"{total:,} titles. Running bots pick it up within a minute.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _bench_recommend(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from bot.bench_recommend import report, run
+    from bot.media.catalog import Catalog
+    from bot.media.library import parse_file
+
+    if settings.catalog.file is None:
+        print("CATALOG_FILE is unset: the benchmark needs a catalog file.", file=sys.stderr)
+        return EXIT_SETTINGS
+    titles, _ = parse_file(settings.catalog.file)
+    result = run(Catalog(titles), users=max(args.users, 1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    print(report(result), file=sys.stderr)
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -198,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare-model":
             return _prepare(settings)
+        if args.command == "import-catalog":
+            return asyncio.run(_import_catalog(settings, args))
+        if args.command == "bench-recommend":
+            return asyncio.run(_bench_recommend(settings, args))
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "bench":
@@ -208,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PromptError, ContextError) as exc:
         print(f"Configuration problem: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    except (RedisUnavailable, GenerationError) as exc:
+    except (RedisUnavailable, GenerationError, MemoryUnavailable) as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:

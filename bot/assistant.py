@@ -13,10 +13,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot import BOT_NAME
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
+from bot.media.recommend import NOTHING_FOUND, as_text, wants_recommendation
 from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
 from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
@@ -30,6 +31,9 @@ from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
 from memory.window import WindowPolicy, assemble_window
 from prompts import Persona, load_persona, load_rules
+
+if TYPE_CHECKING:
+    from bot.media.service import Media
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +125,10 @@ class Assistant:
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
         moderator: Moderator | None = None,
+        media: Media | None = None,
     ) -> None:
         self.settings = settings
+        self.media = media
         self.memory = memory
         self.generator = generator
         self.limiter = limiter
@@ -234,7 +240,10 @@ class Assistant:
             if not free:
                 await sink.notice(SERVER_BUSY)
                 return ReplyOutcome(text="", stored=False, generated=False, window=window)
-            streamed = await self._stream(request, window, mod_policy, system, sink)
+            if self.media is not None and wants_recommendation(clean.text):
+                streamed = await self._recommend(request, clean.text, snapshot, sink)
+            else:
+                streamed = await self._stream(request, window, mod_policy, system, sink)
         if streamed is None:
             return ReplyOutcome(text="", stored=False, generated=False, window=window)
         text = streamed or EMPTY_REPLY_FALLBACK
@@ -250,6 +259,27 @@ class Assistant:
         if not stored:
             await sink.notice(MEMORY_WRITE_FAILED)
         return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
+
+    async def _recommend(
+        self, request: ReplyRequest, text: str, snapshot: MemorySnapshot, sink: ReplySink
+    ) -> str | None:
+        """A recommendation asked in chat: titles from the catalog, checked sentences."""
+        assert self.media is not None
+        owner = Owner(request.user_id, request.scope.guild_id, sink.position)
+        try:
+            async with asyncio.timeout(self.settings.generation.timeout):
+                picks = await self.media.recommend(
+                    request.scope, request.user_id, text, taste=snapshot.taste, owner=owner
+                )
+        except TimeoutError:
+            await sink.notice(TIMED_OUT)
+            return None
+        except MemoryUnavailable:
+            await sink.notice(MEMORY_READ_FAILED)
+            return None
+        reply = Rules.clean_output(as_text(picks) if picks else NOTHING_FOUND)
+        await sink.piece(reply)
+        return reply
 
     async def _stream(
         self,

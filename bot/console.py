@@ -20,12 +20,14 @@ from typing import TextIO, TypeVar
 
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
+from bot.media.catalog import Title
+from bot.media.recommend import NOTHING_FOUND, as_text
 from bot.memory_view import SHOWN_TURNS, turn_lines
 from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
 from memory.context import ContextWindow
 from memory.keys import Scope
-from memory.profile import render
+from memory.profile import render, render_taste
 from memory.records import Fact
 from memory.store import MemoryUnavailable
 
@@ -35,6 +37,9 @@ HELP = """Commands:
   /reset           forget our conversation (here, in the terminal)
   /export [FILE]   everything stored about you, as JSON (to FILE, or shown here)
   /forget          delete everything stored about you, everywhere (asks first)
+  /title NAME      look a title up in the catalog (typos are fine)
+  /recommend [MOOD]  titles from the catalog for you, e.g. /recommend a scary film
+  /prefs [show | like X | dislike X | seen X | remove X]   your taste profile
   /quit            leave (Ctrl-D works too)
 Anything else is a message to me."""
 T = TypeVar("T")
@@ -198,11 +203,60 @@ class Console:
                 await self._export(arg.strip())
             elif name == "forget":
                 await self._forget()
+            elif name in ("title", "recommend", "prefs") and self.services.media is None:
+                self._say("The catalog isn't loaded, so I can't do that here.")
+            elif name == "title":
+                await self._title(arg.strip())
+            elif name == "recommend":
+                await self._recommend(arg.strip())
+            elif name == "prefs":
+                await self._prefs(arg.strip())
             else:
                 self._say(f"Unknown command /{name}. Type /help for the list.")
         except MemoryUnavailable:
             self._say(MEMORY_DOWN)
         return True
+
+    async def _title(self, name: str) -> None:
+        assert self.services.media is not None
+        if not name:
+            self._say("Usage: /title NAME, e.g. /title stranger things")
+            return
+        found = await self.services.media.lookup(name)
+        if not found:
+            self._say(f"Nothing in the catalog matches {name!r}.")
+            return
+        self._say(strip_controls(title_text(found[0])))
+        if len(found) > 1:
+            self._say("Also close: " + strip_controls(", ".join(t.label for t in found[1:4])))
+
+    async def _recommend(self, mood: str) -> None:
+        media = self.services.media
+        assert media is not None
+        picks = await media.recommend(self.scope, self.user_id, mood or "something good")
+        self._say(strip_controls(as_text(picks) if picks else NOTHING_FOUND))
+
+    async def _prefs(self, arg: str) -> None:
+        media = self.services.media
+        assert media is not None
+        verb, _, rest = arg.partition(" ")
+        verb, rest = verb.lower(), rest.strip()
+        if verb in ("", "show"):
+            items = await media.taste(self.scope, self.user_id)
+            self._say(
+                "Your taste profile:\n" + strip_controls(render_taste(items))
+                if items
+                else "Your taste profile is empty: /prefs like horror, /prefs seen Dark."
+            )
+        elif verb in ("like", "dislike", "seen") and rest:
+            change = await media.add_pref(self.scope, self.user_id, verb, rest)  # type: ignore[arg-type]
+            self._say(strip_controls(change.message))
+        elif verb == "remove" and rest:
+            self._say(
+                strip_controls((await media.remove_pref(self.scope, self.user_id, rest)).message)
+            )
+        else:
+            self._say("Usage: /prefs [show | like X | dislike X | seen X | remove X]")
 
     def _show_facts(self, facts: list[Fact]) -> None:
         if facts:
@@ -279,3 +333,19 @@ def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
 
 def _write_text(path: str, text: str) -> None:
     Path(path).expanduser().write_text(text, encoding="utf-8")
+
+
+def title_text(title: Title) -> str:
+    """A catalog entry as plain text."""
+    lines = [title.label, f"  type: {title.type}"]
+    for label, value in (
+        ("genres", ", ".join(title.genres)),
+        ("directed by", ", ".join(title.directors[:5])),
+        ("cast", ", ".join(title.cast[:8])),
+        ("country", title.country),
+        ("rating", title.rating),
+        ("duration", title.duration),
+    ):
+        if value:
+            lines.append(f"  {label}: {value}")
+    return "\n".join(lines)

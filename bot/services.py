@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.assistant import Assistant
-from bot.generation.base import Generator
+from bot.generation.base import GenerationParams, Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.weights import Progress
+from bot.media.library import Library
+from bot.media.service import Media
 from bot.moderation.classifier import OffensiveClassifier
 from bot.moderation.moderator import Moderator
 from bot.moderation.policy import GuildPolicy, Moderation
@@ -29,6 +31,7 @@ class Services:
     assistant: Assistant
     guild_config: GuildConfig
     moderator: Moderator
+    media: Media | None = None
 
 
 def build_moderator(
@@ -43,6 +46,19 @@ def build_moderator(
         repeat_limit=mod.repeat_limit,
         guild_in_flight=settings.ratelimit.guild_in_flight,
         slot_lease=settings.generation.timeout + 30,
+    )
+
+
+def blurb_params(settings: Settings) -> GenerationParams:
+    """Sampling for the short sentences written about catalog titles."""
+    gen = settings.generation
+    return GenerationParams(
+        max_new_tokens=min(settings.catalog.blurb_tokens, gen.max_new_tokens),
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
+        repetition_penalty=gen.repetition_penalty,
+        seed=gen.seed,
     )
 
 
@@ -115,12 +131,21 @@ async def open_services(
             if rl.enabled
             else None
         )
+        progress("Loading the catalog…")
+        media = await Media.open(
+            Library(client, keys),
+            memory,
+            generator,
+            default_file=settings.catalog.file,
+            blurb_params=blurb_params(settings),
+        )
         assistant = Assistant(
             settings=settings,
             memory=memory,
             generator=generator,
             limiter=limiter,
             moderator=moderator,
+            media=media,
         )
         try:
             yield Services(
@@ -129,6 +154,7 @@ async def open_services(
                 assistant=assistant,
                 guild_config=GuildConfig(client, keys),
                 moderator=moderator,
+                media=media,
             )
         finally:
             await assistant.upkeep.drain()

@@ -192,6 +192,37 @@ class ModerationSettings(BaseSettings):
         return path
 
 
+class CatalogSettings(BaseSettings):
+    """The media catalog: the file seeded into Redis when it holds none, and the
+    media features built on it."""
+
+    model_config = _section("CATALOG_")
+
+    file: Path | None = Field(
+        default_factory=lambda: DEFAULT_TITLES,
+        description="CSV or JSON loaded when Redis holds no catalog; unset starts empty.",
+    )
+    blurb_tokens: int = Field(
+        default=60, ge=8, le=512, description="Most tokens of each sentence about a pick."
+    )
+    content_tokens: int = Field(
+        default=160, ge=16, le=1024, description="Most tokens of a headline, post or synopsis."
+    )
+    trivia_seconds: float = Field(
+        default=30.0, ge=5, le=3600, description="How long a trivia question takes answers."
+    )
+    story_tokens: int = Field(default=200, ge=32, le=1024, description="Most tokens of a scene.")
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            path = path.expanduser()
+            if not path.is_file():
+                raise ValueError(f"{path} is not a file")
+        return path
+
+
 class DiscordSettings(BaseSettings):
     """The Discord front end (used by `python -m bot run`)."""
 
@@ -218,6 +249,7 @@ class Settings(BaseModel):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     persona: PersonaName = "default"
     log_level: LogLevel = "WARNING"
 
@@ -245,6 +277,7 @@ _PREFIXES: dict[str, str] = {
     "DiscordSettings": "DISCORD_",
     "RateLimitSettings": "RATELIMIT_",
     "ModerationSettings": "MODERATION_",
+    "CatalogSettings": "CATALOG_",
 }
 
 

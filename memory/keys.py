@@ -16,6 +16,8 @@ another:
     mb:{u<user>}:g<guild>:stats    HASH docs, terms: how many user turns and terms indexed
     mb:{u<user>}:g<guild>:profile  HASH fact field -> fact (JSON, with its source message)
     mb:{u<user>}:g<guild>:summary  STRING rolling summary (JSON: text, covered turns, version)
+    mb:{u<user>}:g<guild>:taste    HASH "<like|dislike|seen>:<genre|title|person>:<key>" -> item
+    mb:{u<user>}:g<guild>:story    STRING the interactive story in progress (JSON)
     mb:{u<user>}:g<guild>:lock     STRING upkeep lock token (short TTL, not indexed)
     mb:{u<user>}:dm:...            the same for direct messages
 
@@ -23,6 +25,11 @@ Per-server settings that admins change live under the server's own tag:
 
     mb:{g<guild>}:chat_channels    SET channel ids where no mention is needed
     mb:{g<guild>}:personas         HASH channel id -> persona name
+
+The media catalog is shared by the whole deployment:
+
+    mb:{catalog}:titles            HASH title id -> title (JSON)
+    mb:{catalog}:meta              HASH version, source, imported_at
 """
 
 from __future__ import annotations
@@ -74,9 +81,11 @@ def _decode_part(encoded: str) -> str:
 
 SCOPE_KINDS = (
     "turns", "turn", "msg", "seq", "terms", "profile", "summary", "postings", "stats",
+    "taste", "story",
 )  # fmt: skip
 OTHER_KINDS = ("lock",)
 GUILD_KINDS = ("chat_channels", "personas", "modpolicy", "modlog", "inflight")
+CATALOG_KINDS = ("titles", "meta")
 # Per member of a server, kept by the server's moderation (not part of a user's memory).
 GUILD_USER_KINDS = ("strikes", "cooldown", "flood", "notified")
 
@@ -116,6 +125,12 @@ class Keys:
         if kind not in GUILD_USER_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.guild_tag(guild_id)}:{kind}:{encode_part(user_id)}"
+
+    def catalog_key(self, kind: str) -> str:
+        """The shared media catalog (one per deployment, not per user or server)."""
+        if kind not in CATALOG_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.prefix}:{{catalog}}:{kind}"
 
     def scope_of(self, user_id: str, key: str) -> Scope | None:
         """The scope a key of this user belongs to, or None for user-level keys."""

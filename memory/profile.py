@@ -5,7 +5,10 @@ stand. Each fact has a field; a newer statement of a field replaces the older on
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from memory.records import TasteItem
 
 _END = (
     r"(?=\s*(?:[.,!?;:)]|\b(?:and|but|last|yesterday|today|this|now|again|too|though|"
@@ -90,3 +93,19 @@ def render(facts: list[tuple[str, str]]) -> str:
     for label, value in facts:
         grouped.setdefault(label, []).append(value)
     return "\n".join(f"- {label}: {', '.join(values)}" for label, values in grouped.items())
+
+
+TASTE_LABELS = {"like": "likes", "dislike": "dislikes", "seen": "has seen"}
+TASTE_SHOWN = 12  # per line, newest first: the profile slot is small
+
+
+def render_taste(items: Sequence[TasteItem]) -> str:
+    """The taste profile in the profile slot: "- likes: horror (genre), Dark (title)"."""
+    lines = []
+    for polarity, label in TASTE_LABELS.items():
+        chosen = sorted((i for i in items if i.polarity == polarity), key=lambda i: -i.time)
+        if chosen:
+            shown = ", ".join(f"{i.value} ({i.kind})" for i in chosen[:TASTE_SHOWN])
+            more = len(chosen) - TASTE_SHOWN
+            lines.append(f"- {label}: {shown}" + (f", and {more} more" if more > 0 else ""))
+    return "\n".join(lines)

@@ -57,3 +57,32 @@ class Summary(BaseModel):
     def _lua_empty_array(cls, value: object) -> object:
         # Lua's cjson writes an empty array as {}.
         return [] if value == {} else value
+
+
+Polarity = Literal["like", "dislike", "seen"]
+TasteKind = Literal["genre", "title", "person"]
+
+
+class TasteItem(BaseModel):
+    """One entry of a taste profile: the user likes, dislikes or has seen a genre,
+    title or person, and where that came from (a chat message, /prefs, a button)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    polarity: Polarity
+    kind: TasteKind
+    key: str = Field(min_length=1, max_length=120)  # genre concept, title id, person name
+    value: str = Field(min_length=1, max_length=300)  # as it is shown
+    source: Literal["chat", "prefs", "button"] = "prefs"
+    message_id: str | None = None
+    time: float = Field(default=0.0, ge=0)
+
+    @property
+    def field(self) -> str:
+        return f"{self.polarity}:{self.kind}:{self.key}"
+
+    @property
+    def opposite(self) -> str | None:
+        """Liking something ends disliking it, and the other way round."""
+        other = {"like": "dislike", "dislike": "like"}.get(self.polarity)
+        return f"{other}:{self.kind}:{self.key}" if other else None

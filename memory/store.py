@@ -7,10 +7,11 @@ process never leaves half an exchange behind, and a retried write is a no-op.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 from memory import profile as fact_rules
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
-from memory.records import Fact, StoredTurn, Summary, Turn
+from memory.records import Fact, StoredTurn, Summary, TasteItem, Turn
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,13 @@ class MemorySnapshot:
     facts: list[Fact] = field(default_factory=list)
     summary: Summary | None = None
     skipped: int = 0
+    taste: list[TasteItem] = field(default_factory=list)
 
     @property
     def profile(self) -> str:
-        return fact_rules.render([(f.label, f.value) for f in self.facts])
+        lines = fact_rules.render([(f.label, f.value) for f in self.facts])
+        taste = fact_rules.render_taste(self.taste)
+        return "\n".join(x for x in (lines, taste) if x)
 
     @property
     def summary_text(self) -> str:
@@ -68,7 +72,10 @@ class AppendResult:
 
 LOCK_MS = 30_000
 # The keys each script takes, in its order (see the script's header).
-LOAD_KINDS = ("turns", "turn", "terms", "profile", "summary", "postings", "stats")
+LOAD_KINDS = ("turns", "turn", "terms", "profile", "summary", "postings", "stats", "taste")
+MAX_TASTE_ITEMS = 500
+# Learns taste items from what a user said (set once the catalog is loaded).
+TasteLearner = Callable[[str], list[TasteItem]]
 DELETE_KINDS = ("turns", "turn", "msg", "terms", "profile", "summary", "postings", "stats")
 EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 
@@ -109,6 +116,9 @@ class MemoryStore:
         self._profile_set: AsyncScript = client.register_script(load_script("profile_set"))
         self._summary_set: AsyncScript = client.register_script(load_script("summary_set"))
         self._unlock: AsyncScript = client.register_script(_UNLOCK)
+        self._taste_set: AsyncScript = client.register_script(load_script("taste_set"))
+        self._taste_remove: AsyncScript = client.register_script(load_script("taste_remove"))
+        self.learner: TasteLearner | None = None
 
     async def ping(self) -> None:
         try:
@@ -133,7 +143,7 @@ class MemoryStore:
         k = self.keys
         keys = [k.scope_key(user_id, scope, kind) for kind in LOAD_KINDS]
         try:
-            recent, older, profile, summary, stats = await self._load(
+            recent, older, profile, summary, stats, taste = await self._load(
                 keys=keys, args=[max_turns, token_budget, max_candidates, *query_terms]
             )
         except RedisError as exc:
@@ -149,6 +159,7 @@ class MemoryStore:
             facts=self._facts(profile, where=keys[3]),
             summary=self._summary(summary, where=keys[4]),
             skipped=skipped,
+            taste=self._taste(taste, where=keys[7]),
         )
 
     async def turns_by_id(self, scope: Scope, user_id: str, ids: list[int]) -> list[StoredTurn]:
@@ -211,6 +222,13 @@ class MemoryStore:
         return AppendResult(stored=True, user_turn_id=uid, assistant_turn_id=int(result[2]))
 
     async def _set_facts(self, scope: Scope, user_id: str, turn_id: int, turn: Turn) -> int:
+        if self.learner is not None:
+            learned = [
+                item.model_copy(update={"message_id": turn.message_id, "time": turn.time})
+                for item in self.learner(turn.text)
+            ]
+            if learned:
+                await self.add_taste(scope, user_id, learned)
         found = fact_rules.extract(turn.text)
         if not found:
             return 0
@@ -243,9 +261,12 @@ class MemoryStore:
         facts it stated; a summary that covered it goes stale. False if none was stored."""
         keys = [self.keys.scope_key(user_id, scope, k) for k in DELETE_KINDS]
         try:
-            return bool(await self._delete(keys=keys, args=[message_id]))
+            deleted = bool(await self._delete(keys=keys, args=[message_id]))
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
+        if deleted:
+            await self.remove_taste(scope, user_id, message_id=message_id)
+        return deleted
 
     async def edit_message(
         self, scope: Scope, user_id: str, message_id: str, text: str, tokens: int
@@ -265,6 +286,7 @@ class MemoryStore:
             raise MemoryUnavailable(str(exc)) from exc
         if not turn_id:
             return False
+        await self.remove_taste(scope, user_id, message_id=message_id)
         edited = Turn(role="user", text=text, time=now, message_id=message_id, tokens=tokens)
         await self._set_facts(scope, user_id, turn_id, edited)
         return True
@@ -276,6 +298,46 @@ class MemoryStore:
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
         return self._facts([x for kv in raw.items() for x in kv], where=key)
+
+    async def taste(self, scope: Scope, user_id: str) -> list[TasteItem]:
+        key = self.keys.scope_key(user_id, scope, "taste")
+        try:
+            raw = await self._redis.hgetall(key)  # type: ignore[misc]
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        return self._taste([x for kv in raw.items() for x in kv], where=key)
+
+    async def add_taste(self, scope: Scope, user_id: str, items: Sequence[TasteItem]) -> int:
+        """Record taste items in one atomic write; returns how many were written (a
+        profile holds at most MAX_TASTE_ITEMS)."""
+        if not items:
+            return 0
+        args: list[str | int] = [self.retention_seconds or 0, MAX_TASTE_ITEMS]
+        for item in items:
+            args += [item.field, item.model_dump_json(), item.opposite or ""]
+        keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "taste")]
+        try:
+            return int(await self._taste_set(keys=keys, args=args))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def remove_taste(
+        self,
+        scope: Scope,
+        user_id: str,
+        fields: Sequence[str] = (),
+        *,
+        message_id: str | None = None,
+    ) -> int:
+        """Remove taste items by field, or every item learned from one message."""
+        if message_id is None and not fields:
+            return 0
+        args = ["message", message_id] if message_id is not None else ["field", *fields]
+        keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "taste")]
+        try:
+            return int(await self._taste_remove(keys=keys, args=args))
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
 
     async def summary(self, scope: Scope, user_id: str) -> Summary | None:
         key = self.keys.scope_key(user_id, scope, "summary")
@@ -358,6 +420,8 @@ class MemoryStore:
                 "turns": await self.history(scope, user_id),
                 "profile": [f.model_dump() for f in await self.facts(scope, user_id)],
                 "summary": summary.model_dump() if summary else None,
+                "taste": [t.model_dump() for t in await self.taste(scope, user_id)],
+                "story": await self.story(scope, user_id),
             }
         return {"user_id": user_id, "exported_at": time.time(), "scopes": scopes}
 
@@ -412,6 +476,46 @@ class MemoryStore:
             except ValidationError as exc:
                 log.warning("skipped an unreadable fact in %s: %s", where, _short(exc))
         return sorted(found, key=lambda f: (f.turn_id, f.label))
+
+    @staticmethod
+    def _taste(flat: list[Any], *, where: str) -> list[TasteItem]:
+        found: list[TasteItem] = []
+        for i in range(0, len(flat or []), 2):
+            try:
+                found.append(TasteItem.model_validate_json(flat[i + 1]))
+            except ValidationError as exc:
+                log.warning("skipped an unreadable taste item in %s: %s", where, _short(exc))
+        return sorted(found, key=lambda t: (t.polarity, t.time, t.value.casefold()))
+
+    async def story(self, scope: Scope, user_id: str) -> Any:
+        """The interactive story in progress here (its JSON), or None."""
+        key = self.keys.scope_key(user_id, scope, "story")
+        try:
+            raw = await self._redis.get(key)
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"unreadable": _text(raw)}
+
+    async def set_story(self, scope: Scope, user_id: str, state: str | None) -> None:
+        """Save (or with None, end) the story in progress; it is part of the user's
+        memory, so /export shows it and /forget deletes it."""
+        key = self.keys.scope_key(user_id, scope, "story")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if state is None:
+                    pipe.delete(key)
+                    pipe.srem(self.keys.index(user_id), key)
+                else:
+                    pipe.set(key, state, ex=self.retention_seconds or None)
+                    pipe.sadd(self.keys.index(user_id), key)
+                await pipe.execute()
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
 
     @staticmethod
     def _summary(raw: bytes | str | None, *, where: str) -> Summary | None:

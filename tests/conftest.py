@@ -14,6 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.generation.local import LocalGenerator
+from bot.media.catalog import Catalog
+from bot.media.library import parse_file
 from bot.moderation.classifier import OffensiveClassifier
 from bot.moderation.moderator import Moderator
 from bot.moderation.policy import Moderation
@@ -75,6 +77,13 @@ def generator() -> Iterator[LocalGenerator]:
     gen = LocalGenerator.load(model_settings(), max_batch=8)
     yield gen
     gen.close()
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    """The default catalog, parsed and indexed once."""
+    titles, _ = parse_file(DEFAULT_TITLES)
+    return Catalog(titles)
 
 
 @pytest.fixture(scope="session")

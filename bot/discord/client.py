@@ -22,6 +22,7 @@ COGS = (
     "bot.discord.cogs.memory",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.moderation",
+    "bot.discord.cogs.media",
     "bot.discord.cogs.help",
 )
 ERROR_SENTENCE = "Sorry, something went wrong on my side. Please try again in a moment."

@@ -2,10 +2,11 @@
 -- read for the recent turns ("<u|a> <time> <tokens> <terms>"), full records only for
 -- the turns that fit the budget, and recall candidates through the postings of the
 -- query's terms, so the cost follows the window and the matches, not the history.
--- KEYS: turns (zset), turn (hash), terms (hash), profile, summary, postings, stats
+-- KEYS: turns (zset), turn (hash), terms (hash), profile, summary, postings, stats,
+--       taste (hash)
 -- ARGV: most recent turns, token budget for them, most recall candidates, then the
 --       query's search terms
--- Returns {recent, candidates, profile, summary, stats}:
+-- Returns {recent, candidates, profile, summary, stats, taste}:
 --   recent      id1, raw1, id2, raw2, ... newest first, until the count or the budget
 --               is reached (a turn without an index entry counts as zero tokens)
 --   candidates  one string: "<id> <entry>" lines for user turns older than the recent
@@ -84,4 +85,5 @@ end
 
 local stats = redis.call('HMGET', KEYS[7], 'docs', 'terms')
 return {recent, table.concat(lines, '\n'), redis.call('HGETALL', KEYS[4]),
-        redis.call('GET', KEYS[5]), (stats[1] or '0') .. ' ' .. (stats[2] or '0')}
+        redis.call('GET', KEYS[5]), (stats[1] or '0') .. ' ' .. (stats[2] or '0'),
+        redis.call('HGETALL', KEYS[8])}

@@ -1,0 +1,1 @@
+"""Media features: the catalog, taste profiles, recommendations, content and games."""

@@ -1,0 +1,172 @@
+"""The media features as one service, shared by the Discord and terminal front ends:
+title lookups, taste profiles, recommendations; content and games live beside it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.generation.base import GenerationParams, Generator, Owner
+from bot.media.catalog import Catalog, Title, concept_of
+from bot.media.library import Library
+from bot.media.recommend import PICKS, Mood, Pick, Recommender, Taste, write_blurbs
+from bot.media.taste import item, learner, resolve
+from memory.keys import Scope
+from memory.records import Polarity, TasteItem
+from memory.store import MemoryStore
+
+TASTE_KINDS = ("genre", "title", "person")
+
+
+@dataclass(frozen=True, slots=True)
+class PrefChange:
+    ok: bool
+    message: str
+    item: TasteItem | None = None
+
+
+class Media:
+    """Owns the catalog index (reloaded when an import changes it) and what is built
+    on it."""
+
+    def __init__(
+        self,
+        library: Library,
+        memory: MemoryStore,
+        generator: Generator,
+        *,
+        blurb_params: GenerationParams,
+    ) -> None:
+        self.library = library
+        self.memory = memory
+        self.generator = generator
+        self.blurb_params = blurb_params
+        self._recommender: Recommender | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        library: Library,
+        memory: MemoryStore,
+        generator: Generator,
+        *,
+        default_file: Path | None,
+        blurb_params: GenerationParams,
+    ) -> Media:
+        media = cls(library, memory, generator, blurb_params=blurb_params)
+        await library.ensure(default_file)
+        media._attach()
+        return media
+
+    def _attach(self) -> None:
+        self.memory.learner = learner(self.library.catalog)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.library.catalog
+
+    async def current(self) -> Catalog:
+        """The catalog, reloaded first if another process imported one meanwhile."""
+        before = self.library.catalog
+        catalog = await self.library.current()
+        if catalog is not before:
+            self._recommender = None
+            self._attach()
+        return catalog
+
+    @property
+    def recommender(self) -> Recommender:
+        if self._recommender is None or self._recommender.catalog is not self.catalog:
+            self._recommender = Recommender(self.catalog)
+        return self._recommender
+
+    async def lookup(self, name: str, limit: int = 5) -> list[Title]:
+        catalog = await self.current()
+        return [m.title for m in catalog.find(name, limit=limit)]
+
+    # --- taste -------------------------------------------------------------------------
+
+    async def taste(self, scope: Scope, user_id: str) -> list[TasteItem]:
+        return await self.memory.taste(scope, user_id)
+
+    async def add_pref(
+        self, scope: Scope, user_id: str, polarity: Polarity, phrase: str, *, source: str = "prefs"
+    ) -> PrefChange:
+        catalog = await self.current()
+        hit = resolve(catalog, phrase)
+        if hit is None:
+            return PrefChange(
+                False,
+                f"I couldn't find {phrase[:80]!r} in the catalog as a genre, title or person. "
+                f"Genres I know: {', '.join(catalog.concepts[:30])}.",
+            )
+        kind, key, shown = hit
+        new = item(polarity, kind, key, shown, source)
+        written = await self.memory.add_taste(scope, user_id, [new])
+        if not written:
+            return PrefChange(False, "Your taste profile is full: remove something first.")
+        verb = {"like": "you like", "dislike": "you don't like", "seen": "you've seen"}[polarity]
+        return PrefChange(True, f"Noted: {verb} {shown} ({kind}).", new)
+
+    async def add_title_pref(
+        self, scope: Scope, user_id: str, polarity: Polarity, title_id: str, *, source: str
+    ) -> PrefChange:
+        catalog = await self.current()
+        title = catalog.get(title_id)
+        if title is None:
+            return PrefChange(False, "That title is no longer in the catalog.")
+        new = item(polarity, "title", title.id, title.title, source)
+        written = await self.memory.add_taste(scope, user_id, [new])
+        if not written:
+            return PrefChange(False, "Your taste profile is full: remove something first.")
+        verb = {"like": "you like", "dislike": "not for you", "seen": "you've seen it"}[polarity]
+        return PrefChange(True, f"Noted for {title.title}: {verb}.", new)
+
+    async def remove_pref(self, scope: Scope, user_id: str, phrase: str) -> PrefChange:
+        """Remove every item (like, dislike, seen) of what `phrase` names."""
+        items = await self.memory.taste(scope, user_id)
+        catalog = await self.current()
+        hit = resolve(catalog, phrase)
+        wanted = phrase.strip().casefold()
+        fields = [
+            i.field
+            for i in items
+            if (hit is not None and (i.kind, i.key) == hit[:2])
+            or i.value.casefold() == wanted
+            or (i.kind == "genre" and concept_of(phrase) == i.key)
+        ]
+        if not fields:
+            return PrefChange(False, f"{phrase[:80]!r} is not in your taste profile here.")
+        removed = await self.memory.remove_taste(scope, user_id, fields)
+        return PrefChange(True, f"Removed {removed} item(s) about {phrase[:80]} from your profile.")
+
+    # --- recommendations ---------------------------------------------------------------
+
+    async def recommend(
+        self,
+        scope: Scope,
+        user_id: str,
+        request: str,
+        *,
+        taste: list[TasteItem] | None = None,
+        owner: Owner | None = None,
+        k: int = PICKS,
+        seed: Title | None = None,
+        blurbs: bool = True,
+    ) -> list[Pick]:
+        """Up to `k` catalog titles for this request and the user's profile here, each
+        with a checked sentence. `seed` asks for titles like one title ("more like this")."""
+        catalog = await self.current()
+        if taste is None:
+            taste = await self.memory.taste(scope, user_id)
+        mood = Mood.read(catalog, request)
+        if seed is not None:
+            mood = Mood(text=request, seeds=(seed,))
+        salt = f"{user_id}|{dt.date.today().isoformat()}"
+        picks = self.recommender.pick(mood, Taste.of(catalog, taste), k=k, salt=salt)
+        if not blurbs or not picks:
+            return picks
+        return await write_blurbs(
+            self.generator, catalog, picks, request=request, params=self.blurb_params, owner=owner
+        )
