@@ -278,9 +278,11 @@ class Catalog:
             out.sort(key=lambda t: (-(t.year or 0), t.title.casefold()))
         return out[:limit]
 
-    def mentioned(self, text: str) -> list[Title]:
+    def mentioned(self, text: str, *, cased: bool = False) -> list[Title]:
         """Catalog titles of two or more words named in `text` (whole words), longest
-        first; one-word titles are too often ordinary words to spot this way."""
+        first; one-word titles are too often ordinary words to spot this way. With
+        `cased`, only titles written as the catalog writes them count ("The End" is a
+        title, "to the end" is not)."""
         padded = f" {fold(text)} "
         found: list[Title] = []
         words = padded.split()
@@ -290,8 +292,18 @@ class Catalog:
                 phrase = " ".join(words[i : i + size])
                 if phrase in self.multiword and phrase not in seen:
                     seen.add(phrase)
-                    found.extend(self.exact(phrase)[:1])
+                    hits = self.exact(phrase)
+                    if cased:
+                        hits = [t for t in hits if _written(t.title, text)]
+                    found.extend(hits[:1])
         return found
+
+
+def _written(title: str, text: str) -> bool:
+    """Whether `text` writes `title` with the catalog's capitals (punctuation aside)."""
+    words = re.findall(r"\w+", title)
+    pattern = r"\W+".join(re.escape(w) for w in words)
+    return bool(words) and re.search(rf"\b{pattern}\b", text) is not None
 
 
 def concept_of(word: str) -> str | None:

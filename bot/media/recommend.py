@@ -11,7 +11,6 @@ give for that pick; anything else is replaced by a sentence built from the facts
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import math
@@ -21,7 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
-from bot.media.catalog import TYPE_WORDS, Catalog, Title, concept_of, fold, genre_words
+from bot.media.catalog import (
+    TYPE_WORDS,
+    Catalog,
+    Title,
+    concept_of,
+    fold,
+    genre_concept,
+    genre_words,
+)
 from bot.moderation.rules import Rules
 from memory.records import TasteItem
 
@@ -254,17 +261,19 @@ class Recommender:
             score, reason = 0.0, ""
             if asked:
                 score += 3.0 * len(asked)
-                reason = f"{', '.join(sorted(asked))}, as you asked"
+                reason = f"you asked for {' and '.join(sorted(asked))}"
             hits = people & wanted_people
             if hits:
                 score += 4.0
-                reason = f"with {catalog.person_names.get(next(iter(hits)), 'them')}, as you asked"
+                reason = (
+                    f"it has {catalog.person_names.get(next(iter(hits)), 'them')}, as you asked"
+                )
             if mood.seeds:
                 overlap = sum(seed_concepts[c] for c in concepts) / max(len(mood.seeds), 1)
                 shared = len(people & seed_people)
                 if overlap or shared:
                     score += 1.5 * overlap + 1.0 * min(shared, 3)
-                    reason = reason or f"like {mood.seeds[0].title}"
+                    reason = reason or f"it's like {mood.seeds[0].title}"
             if mood.words:
                 text_score = sum(
                     self._idf.get(w, 0.0) for w in mood.words if w in self._tokens[t.id]
@@ -280,16 +289,16 @@ class Recommender:
             if liked_people:
                 score += 2.5
                 reason = reason or (
-                    f"with {catalog.person_names.get(next(iter(liked_people)), 'someone')}, "
+                    f"it has {catalog.person_names.get(next(iter(liked_people)), 'someone')}, "
                     "whom you like"
                 )
             for liked in taste.liked_titles:
                 if people & self._people.get(liked.id, frozenset()):
                     score += 1.0
-                    reason = reason or f"shares people with {liked.title}, which you liked"
+                    reason = reason or f"it shares people with {liked.title}, which you liked"
                     break
             score += 0.8 * self.popularity(t) + _jitter(salt, t.id)
-            scored.append((score, reason or "popular in the catalog", t))
+            scored.append((score, reason or "it's popular in the catalog", t))
         scored.sort(key=lambda s: (-s[0], s[2].title))
         return self._diverse(
             scored[: k * 40], k, self._concepts, single_genre=len(mood.concepts) == 1
@@ -344,21 +353,25 @@ BLURB_SYSTEM = (
     "facts given. Do not name any other title, person or year."
 )
 _QUOTED = re.compile(r"[\"“”]([^\"“”]{2,80})[\"“”]|\*([^*]{2,80})\*|_([^_]{2,80})_")
+# Two or more capitalised words (small joining words allowed between): a name.
 _CAPS = re.compile(
-    r"(?<![.!?]\s)(?<!^)\b([A-Z][\w'’-]+(?:\s+(?:of|the|and|a|in|on|[A-Z][\w'’-]+))+)"
+    r"(?<![.!?:]\s)(?<!^)\b([A-Z][\w'’-]+(?:\s+(?:(?:of|the|and|a|in|on)\s+)*[A-Z][\w'’-]+)+)"
 )
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 MAX_BLURB = 280
+MIN_BLURB_WORDS = 8
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 
 
 def fact_blurb(pick: Pick) -> str:
     """A sentence from the facts alone."""
     t = pick.title
-    what = t.type.lower() if t.type not in ("Title",) else "title"
-    genres = ", ".join(t.genres[:2]).lower()
+    kinds = {"Movie": "film", "TV Show": "TV show", "Title": "title"}
+    what = kinds.get(t.type, t.type)
+    genres = [g for g in t.genres if genre_concept(g)][:2]
     text = f"A {t.year} {what}" if t.year else f"A {what}"
     if genres:
-        text += f" ({genres})"
+        text += f" ({', '.join(genres)})"
     if t.directors:
         text += f" directed by {t.directors[0]}"
     elif t.cast:
@@ -377,9 +390,9 @@ def check_blurb(catalog: Catalog, title: Title, text: str) -> str | None:
     known_people = {fold(p) for p in title.people}
     for match in _QUOTED.finditer(line):
         quoted = fold(next(g for g in match.groups() if g))
-        if quoted and quoted != allowed and quoted not in allowed:
+        if quoted and quoted != allowed:
             return None
-    for other in catalog.mentioned(line):
+    for other in catalog.mentioned(line, cased=True):
         if fold(other.title) != allowed and fold(other.title) not in allowed:
             return None
     for year in _YEAR.findall(line):
@@ -396,6 +409,8 @@ def check_blurb(catalog: Catalog, title: Title, text: str) -> str | None:
         return None  # a capitalised name the facts do not give: maybe an invented title
     if fold(line).startswith(("i ", "as an ai", "sorry")):
         return None
+    if "?" in line or len(line.split()) < MIN_BLURB_WORDS or line[-1] not in ".!":
+        return None  # a question, a fragment or an exclamation is not a recommendation
     return line
 
 
@@ -408,8 +423,11 @@ async def write_blurbs(
     params: GenerationParams,
     owner: Owner | None = None,
 ) -> list[Pick]:
-    """One sentence per pick from the model, all picks decoding together; a sentence
-    that fails `check_blurb` (or a failed generation) becomes `fact_blurb`."""
+    """One sentence per pick from the model; a sentence that fails `check_blurb`, or a
+    generation that failed or found the queue full, becomes `fact_blurb` (so under
+    load a member still gets picks, only plainer). The picks of one request are
+    written one after another: a request takes one place in the fair queue, like a
+    chat reply, and other members' requests decode beside it."""
 
     async def one(pick: Pick) -> Pick:
         t = pick.title
@@ -418,15 +436,23 @@ async def write_blurbs(
             {
                 "role": "user",
                 "content": f"Someone asked: {request[:300]}\nFacts: {t.facts()}.\n"
-                f"Why it fits: {pick.reason}.\nWrite one sentence about {t.title}.",
+                f"Why it fits: {pick.reason}.\n"
+                f"Write one sentence telling them why {t.title} is worth watching.",
             },
         ]
         text = ""
         try:
-            async for piece in generator.stream(messages, params, owner=owner):
-                text += piece
-                if len(text) > MAX_BLURB * 2:
-                    break
+            stream = generator.stream(messages, params, owner=owner)
+            try:
+                async for piece in stream:
+                    text += piece
+                    # Only the first sentence is kept: stop decoding once it ends.
+                    if _SENTENCE_END.search(text.strip() + " ") or len(text) > MAX_BLURB:
+                        break
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
         except GenerationError:
             text = ""
         first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0] if text.strip() else ""
@@ -435,7 +461,7 @@ async def write_blurbs(
             return Pick(t, pick.score, pick.reason, fact_blurb(pick), False)
         return Pick(t, pick.score, pick.reason, checked, True)
 
-    return list(await asyncio.gather(*(one(p) for p in picks)))
+    return [await one(p) for p in picks]
 
 
 def as_text(picks: Sequence[Pick], intro: str | None = None) -> str:

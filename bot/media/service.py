@@ -168,5 +168,10 @@ class Media:
         if not blurbs or not picks:
             return picks
         return await write_blurbs(
-            self.generator, catalog, picks, request=request, params=self.blurb_params, owner=owner
+            self.generator,
+            catalog,
+            picks,
+            request=request,
+            params=self.blurb_params,
+            owner=owner or Owner(user_id, scope.guild_id),
         )
