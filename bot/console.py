@@ -20,8 +20,11 @@ from typing import TextIO, TypeVar
 
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
+from bot.generation.base import GenerationError, Owner
 from bot.media.catalog import Title
+from bot.media.content import PLATFORMS, ContentRequest
 from bot.media.recommend import NOTHING_FOUND, as_text
+from bot.media.trivia import LETTERS, NoQuestion
 from bot.memory_view import SHOWN_TURNS, turn_lines
 from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
@@ -40,9 +43,19 @@ HELP = """Commands:
   /title NAME      look a title up in the catalog (typos are fine)
   /recommend [MOOD]  titles from the catalog for you, e.g. /recommend a scary film
   /prefs [show | like X | dislike X | seen X | remove X]   your taste profile
+  /headline SUBJECT, /adcopy SUBJECT, /synopsis SUBJECT   media copy for a title
+                   or topic; options go first: tone=funny length=long
+  /post SUBJECT    a social post; platform=x|instagram|tiktok|threads tone=...
+  /trivia          a catalog trivia question; answer with A, B, C or D
   /quit            leave (Ctrl-D works too)
 Anything else is a message to me."""
 T = TypeVar("T")
+MEDIA_COMMANDS = ("title", "recommend", "prefs", "headline", "post", "adcopy", "synopsis", "trivia")
+OPTION_VALUES = {
+    "tone": ("neutral", "excited", "funny", "serious", "dramatic"),
+    "length": ("short", "medium", "long"),
+    "platform": tuple(PLATFORMS),
+}
 COMMAND = re.compile(r"^/([a-z]+)(?:\s+(.*))?$", re.DOTALL)
 MEMORY_DOWN = "I can't reach my memory right now; try again in a moment."
 
@@ -203,7 +216,7 @@ class Console:
                 await self._export(arg.strip())
             elif name == "forget":
                 await self._forget()
-            elif name in ("title", "recommend", "prefs") and self.services.media is None:
+            elif name in MEDIA_COMMANDS and self.services.media is None:
                 self._say("The catalog isn't loaded, so I can't do that here.")
             elif name == "title":
                 await self._title(arg.strip())
@@ -211,6 +224,10 @@ class Console:
                 await self._recommend(arg.strip())
             elif name == "prefs":
                 await self._prefs(arg.strip())
+            elif name in ("headline", "post", "adcopy", "synopsis"):
+                await self._content(name, arg.strip())
+            elif name == "trivia":
+                await self._trivia()
             else:
                 self._say(f"Unknown command /{name}. Type /help for the list.")
         except MemoryUnavailable:
@@ -257,6 +274,51 @@ class Console:
             )
         else:
             self._say("Usage: /prefs [show | like X | dislike X | seen X | remove X]")
+
+    async def _content(self, kind: str, arg: str) -> None:
+        media = self.services.media
+        assert media is not None
+        options, subject = content_options(arg)
+        if not subject or options is None:
+            self._say(f"Usage: /{kind} [tone=…] [length=…] [platform=…] SUBJECT, e.g. "
+                      f"/{kind} tone=funny The Irishman")  # fmt: skip
+            return
+        try:
+            request = ContentRequest(kind, subject, **options)  # type: ignore[arg-type]
+            content = await media.content(request, owner=Owner(self.user_id))
+        except GenerationError as exc:
+            self._say(str(exc))
+            return
+        moderator = self.services.moderator
+        verdict = await moderator.review(moderator.defaults, content.text)
+        if not verdict.allowed:
+            self._say(verdict.reason)
+            return
+        self._say(strip_controls(content.text))
+        if content.title:
+            self._say(f"(about {strip_controls(content.title.label)}, from the catalog)")
+
+    async def _trivia(self) -> None:
+        media = self.services.media
+        assert media is not None
+        try:
+            q = await media.question(None)
+        except NoQuestion:
+            self._say("The catalog has too little in it for trivia.")
+            return
+        self._say(strip_controls(q.as_text()))
+        line = await self._read(f"Your answer ({int(media.trivia.seconds)} s, A-D): ")
+        choice = (line or "").strip().upper()[:1]
+        if choice not in LETTERS:
+            self._say(f"No answer: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
+            return
+        result = await media.trivia.answer(None, q.id, self.user_id, LETTERS.index(choice))
+        if result.outcome == "right":
+            self._say(f"Right! You have {result.score} point(s).")
+        elif result.outcome == "late":
+            self._say(f"Too late: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
+        else:
+            self._say(f"Not quite: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
 
     def _show_facts(self, facts: list[Fact]) -> None:
         if facts:
@@ -349,3 +411,15 @@ def title_text(title: Title) -> str:
         if value:
             lines.append(f"  {label}: {value}")
     return "\n".join(lines)
+
+
+def content_options(arg: str) -> tuple[dict[str, str] | None, str]:
+    """Leading `key=value` options and the subject after them; None for a bad option."""
+    options: dict[str, str] = {}
+    words = arg.split()
+    while words and "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        if value.lower() not in OPTION_VALUES.get(key.lower(), ()):
+            return None, ""
+        options[key.lower()] = value.lower()
+    return options, " ".join(words)

@@ -49,11 +49,12 @@ def build_moderator(
     )
 
 
-def blurb_params(settings: Settings) -> GenerationParams:
-    """Sampling for the short sentences written about catalog titles."""
+def blurb_params(settings: Settings, tokens: int | None = None) -> GenerationParams:
+    """Sampling for text written about catalog titles: the one-sentence blurbs, or
+    content and story scenes of `tokens` tokens at most."""
     gen = settings.generation
     return GenerationParams(
-        max_new_tokens=min(settings.catalog.blurb_tokens, gen.max_new_tokens),
+        max_new_tokens=tokens or settings.catalog.blurb_tokens,
         temperature=gen.temperature,
         top_p=gen.top_p,
         top_k=gen.top_k,
@@ -138,6 +139,9 @@ async def open_services(
             generator,
             default_file=settings.catalog.file,
             blurb_params=blurb_params(settings),
+            content_params=blurb_params(settings, settings.catalog.content_tokens),
+            story_params=blurb_params(settings, settings.catalog.story_tokens),
+            trivia_seconds=settings.catalog.trivia_seconds,
         )
         assistant = Assistant(
             settings=settings,

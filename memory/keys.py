@@ -25,6 +25,9 @@ Per-server settings that admins change live under the server's own tag:
 
     mb:{g<guild>}:chat_channels    SET channel ids where no mention is needed
     mb:{g<guild>}:personas         HASH channel id -> persona name
+    mb:{g<guild>}:trivia_board     ZSET member id -> trivia points
+    mb:{g<guild>}:trivia:<id>      HASH one question: answer, deadline, options (expires)
+    mb:{g<guild>}:trivia:<id>:answered  SET members who answered it
 
 The media catalog is shared by the whole deployment:
 
@@ -84,7 +87,9 @@ SCOPE_KINDS = (
     "taste", "story",
 )  # fmt: skip
 OTHER_KINDS = ("lock",)
-GUILD_KINDS = ("chat_channels", "personas", "modpolicy", "modlog", "inflight")
+GUILD_KINDS = (
+    "chat_channels", "personas", "modpolicy", "modlog", "inflight", "trivia_board",
+)  # fmt: skip
 CATALOG_KINDS = ("titles", "meta")
 # Per member of a server, kept by the server's moderation (not part of a user's memory).
 GUILD_USER_KINDS = ("strikes", "cooldown", "flood", "notified")
@@ -125,6 +130,10 @@ class Keys:
         if kind not in GUILD_USER_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.guild_tag(guild_id)}:{kind}:{encode_part(user_id)}"
+
+    def trivia_key(self, guild_id: str, question_id: str) -> str:
+        """One trivia question of a server (with `:answered` beside it)."""
+        return f"{self.guild_tag(guild_id)}:trivia:{encode_part(question_id)}"
 
     def catalog_key(self, kind: str) -> str:
         """The shared media catalog (one per deployment, not per user or server)."""

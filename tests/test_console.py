@@ -6,32 +6,45 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.assistant import Assistant
 from bot.console import Console
+from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator
+from bot.media.catalog import Catalog
+from bot.media.library import Library
+from bot.media.service import Media
 from bot.services import Services
 from memory.guilds import GuildConfig
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import make_settings
+from tests.conftest import ScriptedGenerator, make_settings
 
 
 def console_for(
-    store: MemoryStore, keys: Keys, generator: LocalGenerator, script: bytes
+    store: MemoryStore,
+    keys: Keys,
+    generator: Any,
+    script: bytes,
+    media: Media | None = None,
 ) -> tuple[Console, io.StringIO, io.StringIO]:
-    assistant = Assistant(settings=make_settings(keys), memory=store, generator=generator)
+    assistant = Assistant(
+        settings=make_settings(keys), memory=store, generator=generator, media=media
+    )
     services = Services(
         memory=store,
         generator=generator,
         assistant=assistant,
         guild_config=GuildConfig(store._redis, keys),
         moderator=assistant.moderator,
+        media=media,
     )
     out, err = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(script), encoding="utf-8", errors="replace")
@@ -83,6 +96,51 @@ async def test_forget_after_yes_deletes_everything_everywhere(
     assert "Deleted everything stored about you (2 messages)." in shown
     exported = json.loads(shown[shown.index("{") :])
     assert exported == {**exported, "user_id": "cli:ada", "scopes": {}}
+
+
+async def test_media_commands_in_the_terminal(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, catalog: Catalog
+) -> None:
+    reply = [
+        "A gripping and dark story of four families ",
+        "and one missing boy, told across time.",
+    ]
+    scripted = ScriptedGenerator(generator, reply)
+    media = Media(Library(store._redis, keys, fixed=catalog), store, scripted,  # type: ignore[arg-type]
+                  blurb_params=GenerationParams(max_new_tokens=16))  # fmt: skip
+    media._attach()
+    script = (
+        b"/title strnger things\n"
+        b"/title\n"
+        b"/prefs like scary films\n"
+        b"/prefs seen The Evil Dead\n"
+        b"/prefs\n"
+        b"/recommend a horror film from the 80s\n"
+        b"/headline tone=funny Dark\n"
+        b"/post platform=threads Dark\n"
+        b"/post platform=myspace Dark\n"
+        b"/trivia\n"
+        b"Z\n"
+        b"/prefs remove horror\n"
+    )
+    console, out, err = console_for(store, keys, scripted, script, media)
+    assert await console.run() == 0
+    shown = out.getvalue()
+    assert "Stranger Things (2019)\n  type: TV Show\n" in shown
+    assert "Usage: /title NAME" in shown
+    assert "Noted: you like horror (genre)." in shown
+    assert "Noted: you've seen The Evil Dead (title)." in shown
+    assert "- likes: horror (genre)" in shown and "- has seen: The Evil Dead (title)" in shown
+    picks = re.findall(r"^\d\. \*\*(.+?)\*\* \((\d{4})", shown, re.M)
+    assert len(picks) == 5 and "The Evil Dead" not in {p[0] for p in picks}
+    assert all(1980 <= int(year) <= 1989 and catalog.exact(name) for name, year in picks)
+    assert "A gripping and dark story of four families and one missing boy" in shown
+    assert f"(about {catalog.exact('Dark')[0].label}, from the catalog)" in shown
+    assert "Usage: /post" in shown
+    assert "Your answer" not in shown  # the prompt goes through the reader, not stdout
+    assert re.search(r"No answer: it was [A-D]\) ", shown)
+    assert "Removed 1 item(s) about horror" in shown
+    assert err.getvalue() == ""
 
 
 def run_cli(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bot.settings import DEFAULT_TITLES
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,3 +75,12 @@ def test_dockerfile_installs_like_ci_and_runs_as_a_user() -> None:
     assert users == ["USER mediabot"]
     assert lines.index("USER mediabot") < lines.index("RUN scripts/setup.sh")
     assert 'CMD [".venv/bin/python", "-m", "bot", "run"]' in lines
+
+
+def test_the_image_ships_the_default_catalog() -> None:
+    """The settings' default catalog path must exist inside the image too."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY --chown=mediabot:mediabot data/catalog ./data/catalog" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "data" not in ignored and "!data/catalog" in ignored
+    assert DEFAULT_TITLES.relative_to(REPO).as_posix() == "data/catalog/netflix_titles.csv"

@@ -8,10 +8,12 @@ from pathlib import Path
 from pydantic_settings import BaseSettings
 
 from bot.settings import (
+    CatalogSettings,
     DiscordSettings,
     GenerationSettings,
     MemorySettings,
     ModelSettings,
+    ModerationSettings,
     RateLimitSettings,
     RedisSettings,
 )
@@ -24,6 +26,8 @@ SECTIONS: list[type[BaseSettings]] = [
     MemorySettings,
     DiscordSettings,
     RateLimitSettings,
+    ModerationSettings,
+    CatalogSettings,
 ]
 
 

@@ -23,6 +23,8 @@ COGS = (
     "bot.discord.cogs.admin",
     "bot.discord.cogs.moderation",
     "bot.discord.cogs.media",
+    "bot.discord.cogs.games",
+    "bot.discord.cogs.content",
     "bot.discord.cogs.help",
 )
 ERROR_SENTENCE = "Sorry, something went wrong on my side. Please try again in a moment."

@@ -9,6 +9,7 @@ covers both "Horror Movies" and "TV Horror".
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import defaultdict
@@ -82,6 +83,7 @@ def fold(text: str) -> str:
     return _SPACE.sub(" ", re.sub(r"[^\w]+", " ", bare)).strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def genre_concept(label: str) -> str:
     """ "Horror Movies" and "TV Horror" -> "horror"; an unknown label is its own concept."""
     low = _SPACE.sub(" ", label.strip().lower())

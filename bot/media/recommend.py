@@ -29,6 +29,7 @@ from bot.media.catalog import (
     genre_concept,
     genre_words,
 )
+from bot.media.facts import unsupported
 from bot.moderation.rules import Rules
 from memory.records import TasteItem
 
@@ -352,12 +353,6 @@ BLURB_SYSTEM = (
     "You write one short, friendly sentence recommending a film or show. Use only the "
     "facts given. Do not name any other title, person or year."
 )
-_QUOTED = re.compile(r"[\"“”]([^\"“”]{2,80})[\"“”]|\*([^*]{2,80})\*|_([^_]{2,80})_")
-# Two or more capitalised words (small joining words allowed between): a name.
-_CAPS = re.compile(
-    r"(?<![.!?:]\s)(?<!^)\b([A-Z][\w'’-]+(?:\s+(?:(?:of|the|and|a|in|on)\s+)*[A-Z][\w'’-]+)+)"
-)
-_YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 MAX_BLURB = 280
 MIN_BLURB_WORDS = 8
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
@@ -381,32 +376,13 @@ def fact_blurb(pick: Pick) -> str:
 
 def check_blurb(catalog: Catalog, title: Title, text: str) -> str | None:
     """The sentence, cleaned, if it names nothing the catalog does not give for this
-    title; None otherwise."""
+    title (see `bot.media.facts`) and reads as a recommendation; None otherwise."""
     line = Rules.clean_output(" ".join(text.split())).strip(" -*#")
     line = re.sub(r"^\d+[.)]\s*", "", line)
     if not line or len(line) > MAX_BLURB or line.count("\n"):
         return None
-    allowed = fold(title.title)
-    known_people = {fold(p) for p in title.people}
-    for match in _QUOTED.finditer(line):
-        quoted = fold(next(g for g in match.groups() if g))
-        if quoted and quoted != allowed:
-            return None
-    for other in catalog.mentioned(line, cased=True):
-        if fold(other.title) != allowed and fold(other.title) not in allowed:
-            return None
-    for year in _YEAR.findall(line):
-        if title.year is None or int(year) != title.year:
-            return None
-    for run in _CAPS.findall(line):
-        folded = fold(run)
-        if folded in allowed or allowed in folded or folded in known_people:
-            continue
-        if folded in {fold(c) for c in title.country.split(",")} or concept_of(run):
-            continue
-        if any(folded in p for p in known_people):
-            continue
-        return None  # a capitalised name the facts do not give: maybe an invented title
+    if unsupported(catalog, line, title, strict_names=True):
+        return None
     if fold(line).startswith(("i ", "as an ai", "sorry")):
         return None
     if "?" in line or len(line.split()) < MIN_BLURB_WORDS or line[-1] not in ".!":

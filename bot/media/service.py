@@ -9,9 +9,12 @@ from pathlib import Path
 
 from bot.generation.base import GenerationParams, Generator, Owner
 from bot.media.catalog import Catalog, Title, concept_of
+from bot.media.content import Content, ContentRequest, write
 from bot.media.library import Library
 from bot.media.recommend import PICKS, Mood, Pick, Recommender, Taste, write_blurbs
+from bot.media.story import Stories
 from bot.media.taste import item, learner, resolve
+from bot.media.trivia import Question, Trivia, make_question
 from memory.keys import Scope
 from memory.records import Polarity, TasteItem
 from memory.store import MemoryStore
@@ -37,12 +40,18 @@ class Media:
         generator: Generator,
         *,
         blurb_params: GenerationParams,
+        content_params: GenerationParams | None = None,
+        story_params: GenerationParams | None = None,
+        trivia_seconds: float = 30.0,
     ) -> None:
         self.library = library
         self.memory = memory
         self.generator = generator
         self.blurb_params = blurb_params
+        self.content_params = content_params or blurb_params
         self._recommender: Recommender | None = None
+        self.trivia = Trivia(memory._redis, memory.keys, seconds=trivia_seconds)
+        self.stories = Stories(memory, generator, params=story_params or self.content_params)
 
     @classmethod
     async def open(
@@ -53,8 +62,19 @@ class Media:
         *,
         default_file: Path | None,
         blurb_params: GenerationParams,
+        content_params: GenerationParams | None = None,
+        story_params: GenerationParams | None = None,
+        trivia_seconds: float = 30.0,
     ) -> Media:
-        media = cls(library, memory, generator, blurb_params=blurb_params)
+        media = cls(
+            library,
+            memory,
+            generator,
+            blurb_params=blurb_params,
+            content_params=content_params,
+            story_params=story_params,
+            trivia_seconds=trivia_seconds,
+        )
         await library.ensure(default_file)
         media._attach()
         return media
@@ -175,3 +195,18 @@ class Media:
             params=self.blurb_params,
             owner=owner or Owner(user_id, scope.guild_id),
         )
+
+    # --- content and games ---------------------------------------------------------------
+
+    async def content(self, request: ContentRequest, *, owner: Owner | None = None) -> Content:
+        catalog = await self.current()
+        return await write(
+            self.generator, catalog, request, params=self.content_params, owner=owner
+        )
+
+    async def question(self, guild_id: str | None, kind: str | None = None) -> Question:
+        """A new trivia question, stored with its deadline."""
+        catalog = await self.current()
+        q = make_question(catalog, kind=kind)
+        await self.trivia.post(guild_id, q)
+        return q

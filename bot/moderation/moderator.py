@@ -311,6 +311,13 @@ class Moderator:
 
     # -- output ------------------------------------------------------------------
 
+    async def review(self, policy: GuildPolicy, text: str) -> Verdict:
+        """Check a whole generated text (content, a story scene) as a reply is checked."""
+        guard = self.guard(policy, "")
+        await guard.feed(text)
+        await guard.finish()
+        return guard.verdict
+
     def guard(self, policy: GuildPolicy, system_prompt: str) -> OutputGuard:
         return OutputGuard(self, policy, system_prompt)
 

@@ -12,6 +12,7 @@ import pytest
 from bot.assistant import Assistant
 from bot.discord.client import MediaBot, intents_for
 from bot.generation.local import LocalGenerator
+from bot.media.service import Media
 from bot.moderation.moderator import Moderator
 from bot.services import Services
 from bot.settings import DiscordSettings, Settings
@@ -46,18 +47,22 @@ def build_bot(
     content_intent: bool = True,
     moderator: Moderator | None = None,
     settings: Settings | None = None,
+    media: Media | None = None,
 ) -> MediaBot:
     settings = settings or make_settings(keys)
     settings.discord = DiscordSettings(
         edit_interval=0.2, message_content_intent=content_intent, token=None
     )
-    assistant = Assistant(settings=settings, memory=store, generator=generator, moderator=moderator)
+    assistant = Assistant(
+        settings=settings, memory=store, generator=generator, moderator=moderator, media=media
+    )
     services = Services(
         memory=store,
         generator=generator,
         assistant=assistant,
         guild_config=GuildConfig(store._redis, keys),
         moderator=assistant.moderator,
+        media=media,
     )
     # dpytest's offline guild resolves mentions from the member cache, which needs the
     # members intent; the bot itself does not ask for it.

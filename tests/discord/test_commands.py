@@ -30,6 +30,7 @@ class Sent:
     file: discord.File | None = None
     view: discord.ui.View | None = None
     allowed_mentions: discord.AllowedMentions | None = None
+    embeds: list[discord.Embed] = field(default_factory=list)
 
 
 @dataclass
@@ -37,7 +38,9 @@ class FakeMessage:
     id: int
     content: str
 
-    async def edit(self, *, content: str, allowed_mentions: Any = None) -> FakeMessage:
+    async def edit(
+        self, *, content: str, allowed_mentions: Any = None, view: Any = None
+    ) -> FakeMessage:
         self.content = content
         return self
 
@@ -106,9 +109,14 @@ class _Followup:
         view: discord.ui.View | None = None,
         wait: bool = False,
         allowed_mentions: discord.AllowedMentions | None = None,
+        embed: discord.Embed | None = None,
+        embeds: list[discord.Embed] | None = None,
     ) -> FakeMessage:
         assert self.owner.response.done, "a follow-up before the interaction was answered"
-        self.owner.log.append(("send", Sent(content, ephemeral, file, view, allowed_mentions)))
+        shown = [embed] if embed is not None else list(embeds or [])
+        self.owner.log.append(
+            ("send", Sent(content, ephemeral, file, view, allowed_mentions, shown))
+        )
         self.next_id += 1
         return FakeMessage(self.next_id, content or "")
 

@@ -11,13 +11,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.client import MediaBot
+from bot.discord.client import MediaBot, respond
 from bot.discord.cogs.chat import scope_of
 from bot.generation.base import Owner
 from bot.generation.queue import QueueFull
 from bot.media.catalog import Title
 from bot.media.recommend import NOTHING_FOUND, Pick
 from bot.media.service import Media
+from bot.moderation.moderator import OUTPUT_WITHHELD, Where
 from bot.moderation.rules import defuse_mentions
 from memory.profile import render_taste
 from memory.store import MemoryUnavailable
@@ -25,6 +26,37 @@ from memory.store import MemoryUnavailable
 MEMORY_DOWN = "I can't reach my memory right now; please try again in a moment."
 NO_CATALOG = "The catalog isn't loaded, so I can't look titles up right now."
 BUSY = "I'm busy with other replies right now: please try again in a moment."
+
+
+async def screen(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
+    """Moderate what a member typed into a command, as a chat message is moderated;
+    False (after telling them why) when it is refused."""
+    if not text.strip():
+        return True
+    moderator = bot.services.moderator
+    where = Where(
+        str(interaction.guild_id) if interaction.guild_id else None,
+        str(interaction.channel_id) if interaction.channel_id else None,
+        str(interaction.user.id),
+        interaction.user.display_name,
+    )
+    policy = await moderator.policy(where)
+    check = await moderator.check_input(where, text, policy)
+    if not check.allowed:
+        await respond(interaction, check.reason or "I can't help with that.", ephemeral=True)
+    return check.allowed
+
+
+async def review(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
+    """Moderate generated text before it is posted; False (after saying so) when held."""
+    moderator = bot.services.moderator
+    where = Where(str(interaction.guild_id) if interaction.guild_id else None,
+                  str(interaction.channel_id) if interaction.channel_id else None,
+                  str(interaction.user.id), interaction.user.display_name)  # fmt: skip
+    verdict = await moderator.review(await moderator.policy(where), text)
+    if not verdict.allowed:
+        await respond(interaction, verdict.reason or OUTPUT_WITHHELD, ephemeral=True)
+    return verdict.allowed
 
 
 def _cut(text: str, limit: int) -> str:
@@ -185,6 +217,8 @@ class MediaCommands(commands.Cog):
         await interaction.response.defer(thinking=True)
         if self.media is None:
             await interaction.followup.send(NO_CATALOG)
+            return
+        if not await screen(self.bot, interaction, mood):
             return
         scope, user = scope_of(interaction.guild), str(interaction.user.id)
         try:

@@ -56,6 +56,10 @@ class ConfirmForget(discord.ui.View):
     async def confirm(self, interaction: discord.Interaction, _: Button) -> None:
         try:
             self.deleted = await self.bot.services.memory.forget(str(self.user_id))
+            media = self.bot.services.media
+            if media is not None:  # trivia scores are kept per server, not in memory
+                servers: list[str | None] = [str(g.id) for g in self.bot.guilds]
+                await media.trivia.forget_user(str(self.user_id), [*servers, None])
         except MemoryUnavailable:
             await interaction.response.edit_message(content=MEMORY_DOWN, view=None)
             return
