@@ -241,7 +241,7 @@ class Assistant:
                 await sink.notice(SERVER_BUSY)
                 return ReplyOutcome(text="", stored=False, generated=False, window=window)
             if self.media is not None and wants_recommendation(clean.text):
-                streamed = await self._recommend(request, clean.text, snapshot, sink)
+                streamed = await self._recommend(request, clean.text, snapshot, mod_policy, sink)
             else:
                 streamed = await self._stream(request, window, mod_policy, system, sink)
         if streamed is None:
@@ -261,7 +261,12 @@ class Assistant:
         return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
 
     async def _recommend(
-        self, request: ReplyRequest, text: str, snapshot: MemorySnapshot, sink: ReplySink
+        self,
+        request: ReplyRequest,
+        text: str,
+        snapshot: MemorySnapshot,
+        mod_policy: GuildPolicy,
+        sink: ReplySink,
     ) -> str | None:
         """A recommendation asked in chat: titles from the catalog, checked sentences."""
         assert self.media is not None
@@ -269,8 +274,9 @@ class Assistant:
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
                 picks = await self.media.recommend(
-                    request.scope, request.user_id, text, taste=snapshot.taste, owner=owner
-                )
+                    request.scope, request.user_id, text, taste=snapshot.taste, owner=owner,
+                    check=self.moderator.allows(mod_policy),
+                )  # fmt: skip
         except TimeoutError:
             await sink.notice(TIMED_OUT)
             return None

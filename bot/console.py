@@ -250,7 +250,11 @@ class Console:
     async def _recommend(self, mood: str) -> None:
         media = self.services.media
         assert media is not None
-        picks = await media.recommend(self.scope, self.user_id, mood or "something good")
+        moderator = self.services.moderator
+        picks = await media.recommend(
+            self.scope, self.user_id, mood or "something good",
+            check=moderator.allows(moderator.defaults),
+        )  # fmt: skip
         self._say(strip_controls(as_text(picks) if picks else NOTHING_FOUND))
 
     async def _prefs(self, arg: str) -> None:

@@ -27,6 +27,7 @@ from bot.media.recommend import (
 )
 from bot.media.service import Media
 from bot.media.taste import extract, item
+from bot.moderation.moderator import Moderator
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
@@ -288,3 +289,20 @@ async def test_recommendation_asked_in_chat(
     assert "**Dark**" not in sink.text
     history = await store.history(SCOPE, "u3")
     assert history[-1]["text"] == sink.text.strip()
+
+
+async def test_a_sentence_moderation_holds_is_replaced_by_the_facts(
+    store: MemoryStore, catalog: Catalog, generator: LocalGenerator, moderator: Moderator
+) -> None:
+    rude = ScriptedGenerator(
+        generator, ["Only a worthless piece of shit would skip this gripping story."]
+    )
+    media = make_media(store, catalog, rude)
+    picks = await media.recommend(SCOPE, "u5", "a scary film from the 80s", k=2,
+                                  check=moderator.allows(moderator.defaults))  # fmt: skip
+    assert [p.blurb_from_model for p in picks] == [False, False]
+    assert all("shit" not in p.blurb and "picked because" in p.blurb for p in picks)
+    # Without the check the same sentence passes the fact checks: moderation made the
+    # difference.
+    unchecked = await media.recommend(SCOPE, "u5", "a scary film from the 80s", k=1)
+    assert unchecked[0].blurb_from_model

@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
@@ -34,6 +34,8 @@ from bot.moderation.rules import Rules
 from memory.records import TasteItem
 
 PICKS = 5
+# Moderation of generated text: True when it may be shown.
+Check = Callable[[str], Awaitable[bool]]
 _WORD = re.compile(r"[a-z0-9']+")
 _STOP_TEXT = (
     "a an the and or of to in on for with about me my i we us you something some any "
@@ -398,6 +400,7 @@ async def write_blurbs(
     request: str,
     params: GenerationParams,
     owner: Owner | None = None,
+    check: Check | None = None,
 ) -> list[Pick]:
     """One sentence per pick from the model; a sentence that fails `check_blurb`, or a
     generation that failed or found the queue full, becomes `fact_blurb` (so under
@@ -433,6 +436,8 @@ async def write_blurbs(
             text = ""
         first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0] if text.strip() else ""
         checked = check_blurb(catalog, t, first)
+        if checked is not None and check is not None and not await check(checked):
+            checked = None  # moderation held it: the facts speak instead
         if checked is None:
             return Pick(t, pick.score, pick.reason, fact_blurb(pick), False)
         return Pick(t, pick.score, pick.reason, checked, True)

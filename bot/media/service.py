@@ -11,7 +11,7 @@ from bot.generation.base import GenerationParams, Generator, Owner
 from bot.media.catalog import Catalog, Title, concept_of
 from bot.media.content import Content, ContentRequest, write
 from bot.media.library import Library
-from bot.media.recommend import PICKS, Mood, Pick, Recommender, Taste, write_blurbs
+from bot.media.recommend import PICKS, Check, Mood, Pick, Recommender, Taste, write_blurbs
 from bot.media.story import Stories
 from bot.media.taste import item, learner, resolve
 from bot.media.trivia import Question, Trivia, make_question
@@ -174,6 +174,7 @@ class Media:
         k: int = PICKS,
         seed: Title | None = None,
         blurbs: bool = True,
+        check: Check | None = None,
     ) -> list[Pick]:
         """Up to `k` catalog titles for this request and the user's profile here, each
         with a checked sentence. `seed` asks for titles like one title ("more like this")."""
@@ -194,6 +195,7 @@ class Media:
             request=request,
             params=self.blurb_params,
             owner=owner or Owner(user_id, scope.guild_id),
+            check=check,
         )
 
     # --- content and games ---------------------------------------------------------------

@@ -318,6 +318,14 @@ class Moderator:
         await guard.finish()
         return guard.verdict
 
+    def allows(self, policy: GuildPolicy) -> Callable[[str], Awaitable[bool]]:
+        """`review` as a yes/no check, for features that fall back to safe text."""
+
+        async def check(text: str) -> bool:
+            return (await self.review(policy, text)).allowed
+
+        return check
+
     def guard(self, policy: GuildPolicy, system_prompt: str) -> OutputGuard:
         return OutputGuard(self, policy, system_prompt)
 

@@ -16,7 +16,7 @@ from bot.discord.cogs.chat import scope_of
 from bot.generation.base import Owner
 from bot.generation.queue import QueueFull
 from bot.media.catalog import Title
-from bot.media.recommend import NOTHING_FOUND, Pick
+from bot.media.recommend import NOTHING_FOUND, Check, Pick
 from bot.media.service import Media
 from bot.moderation.moderator import OUTPUT_WITHHELD, Where
 from bot.moderation.rules import defuse_mentions
@@ -28,18 +28,28 @@ NO_CATALOG = "The catalog isn't loaded, so I can't look titles up right now."
 BUSY = "I'm busy with other replies right now: please try again in a moment."
 
 
+def where_of(interaction: discord.Interaction) -> Where:
+    return Where(
+        str(interaction.guild_id) if interaction.guild_id else None,
+        str(interaction.channel_id) if interaction.channel_id else None,
+        str(interaction.user.id),
+        interaction.user.display_name,
+    )
+
+
+async def allows(bot: MediaBot, interaction: discord.Interaction) -> Check:
+    """Moderation of generated sentences for this interaction's server."""
+    moderator = bot.services.moderator
+    return moderator.allows(await moderator.policy(where_of(interaction)))
+
+
 async def screen(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
     """Moderate what a member typed into a command, as a chat message is moderated;
     False (after telling them why) when it is refused."""
     if not text.strip():
         return True
     moderator = bot.services.moderator
-    where = Where(
-        str(interaction.guild_id) if interaction.guild_id else None,
-        str(interaction.channel_id) if interaction.channel_id else None,
-        str(interaction.user.id),
-        interaction.user.display_name,
-    )
+    where = where_of(interaction)
     policy = await moderator.policy(where)
     check = await moderator.check_input(where, text, policy)
     if not check.allowed:
@@ -50,10 +60,7 @@ async def screen(bot: MediaBot, interaction: discord.Interaction, text: str) -> 
 async def review(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
     """Moderate generated text before it is posted; False (after saying so) when held."""
     moderator = bot.services.moderator
-    where = Where(str(interaction.guild_id) if interaction.guild_id else None,
-                  str(interaction.channel_id) if interaction.channel_id else None,
-                  str(interaction.user.id), interaction.user.display_name)  # fmt: skip
-    verdict = await moderator.review(await moderator.policy(where), text)
+    verdict = await moderator.review(await moderator.policy(where_of(interaction)), text)
     if not verdict.allowed:
         await respond(interaction, verdict.reason or OUTPUT_WITHHELD, ephemeral=True)
     return verdict.allowed
@@ -145,7 +152,7 @@ async def press(
                 return
             picks = await media.recommend(
                 scope, user, f"more like {title.title}", seed=title,
-                owner=Owner(user, scope.guild_id),
+                owner=Owner(user, scope.guild_id), check=await allows(bot, interaction),
             )  # fmt: skip
             await interaction.followup.send(
                 _cut(f"More like {title.title}:" if picks else NOTHING_FOUND, 2000),
@@ -223,8 +230,9 @@ class MediaCommands(commands.Cog):
         scope, user = scope_of(interaction.guild), str(interaction.user.id)
         try:
             picks = await self.media.recommend(
-                scope, user, mood or "something good", owner=Owner(user, scope.guild_id)
-            )
+                scope, user, mood or "something good", owner=Owner(user, scope.guild_id),
+                check=await allows(self.bot, interaction),
+            )  # fmt: skip
         except MemoryUnavailable:
             await interaction.followup.send(MEMORY_DOWN)
             return
