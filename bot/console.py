@@ -21,7 +21,7 @@ from typing import TextIO, TypeVar
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
 from bot.generation.base import GenerationError, Owner
-from bot.media.catalog import Title
+from bot.media.catalog import Title, search_text
 from bot.media.content import PLATFORMS, ContentRequest
 from bot.media.recommend import NOTHING_FOUND, as_text
 from bot.media.trivia import LETTERS, NoQuestion
@@ -41,6 +41,7 @@ HELP = """Commands:
   /export [FILE]   everything stored about you, as JSON (to FILE, or shown here)
   /forget          delete everything stored about you, everywhere (asks first)
   /title NAME      look a title up in the catalog (typos are fine)
+  /search genre=G person=P type=T years=1980-1989   titles by any of these
   /recommend [MOOD]  titles from the catalog for you, e.g. /recommend a scary film
   /prefs [show | like X | dislike X | seen X | remove X]   your taste profile
   /headline SUBJECT, /adcopy SUBJECT, /synopsis SUBJECT   media copy for a title
@@ -50,7 +51,17 @@ HELP = """Commands:
   /quit            leave (Ctrl-D works too)
 Anything else is a message to me."""
 T = TypeVar("T")
-MEDIA_COMMANDS = ("title", "recommend", "prefs", "headline", "post", "adcopy", "synopsis", "trivia")
+MEDIA_COMMANDS = (
+    "title",
+    "search",
+    "recommend",
+    "prefs",
+    "headline",
+    "post",
+    "adcopy",
+    "synopsis",
+    "trivia",
+)
 OPTION_VALUES = {
     "tone": ("neutral", "excited", "funny", "serious", "dramatic"),
     "length": ("short", "medium", "long"),
@@ -220,6 +231,8 @@ class Console:
                 self._say("The catalog isn't loaded, so I can't do that here.")
             elif name == "title":
                 await self._title(arg.strip())
+            elif name == "search":
+                self._search(arg.strip())
             elif name == "recommend":
                 await self._recommend(arg.strip())
             elif name == "prefs":
@@ -246,6 +259,24 @@ class Console:
         self._say(strip_controls(title_text(found[0])))
         if len(found) > 1:
             self._say("Also close: " + strip_controls(", ".join(t.label for t in found[1:4])))
+
+    def _search(self, arg: str) -> None:
+        assert self.services.media is not None
+        filters = dict(re.findall(r"(genre|person|type|years)=(\"[^\"]*\"|\S+)", arg))
+        filters = {k: v.strip('"') for k, v in filters.items()}
+        years = re.fullmatch(r"(\d{4})?-?(\d{4})?", filters.get("years", ""))
+        if not filters or years is None:
+            self._say('Usage: /search genre=horror person="Sam Raimi" type=Movie years=1980-1989')
+            return
+        first, last = years.groups()
+        if filters.get("years", "").isdigit():
+            last = first
+        text = search_text(
+            self.services.media.catalog,
+            genre=filters.get("genre"), person=filters.get("person"), kind=filters.get("type"),
+            year_from=int(first) if first else None, year_to=int(last) if last else None,
+        )  # fmt: skip
+        self._say(strip_controls(text.replace("\n- ", "\n  ")))
 
     async def _recommend(self, mood: str) -> None:
         media = self.services.media

@@ -112,6 +112,8 @@ async def test_media_commands_in_the_terminal(
     script = (
         b"/title strnger things\n"
         b"/title\n"
+        b'/search genre=scary type=Movie person="Sam Raimi" years=1980-1989\n'
+        b"/search\n"
         b"/prefs like scary films\n"
         b"/prefs seen The Evil Dead\n"
         b"/prefs\n"
@@ -128,6 +130,8 @@ async def test_media_commands_in_the_terminal(
     shown = out.getvalue()
     assert "Stranger Things (2019)\n  type: TV Show\n" in shown
     assert "Usage: /title NAME" in shown
+    assert "  The Evil Dead (1981), Movie (Classic Movies, Cult Movies)" in shown
+    assert "Usage: /search" in shown
     assert "Noted: you like horror (genre)." in shown
     assert "Noted: you've seen The Evil Dead (title)." in shown
     assert "- likes: horror (genre)" in shown and "- has seen: The Evil Dead (title)" in shown

@@ -225,6 +225,25 @@ async def test_forget_clears_trivia_scores(media_bot: MediaBot, store: MemorySto
 
 def test_every_media_command_is_registered(media_bot: MediaBot) -> None:
     names = {c.qualified_name for c in media_bot.tree.walk_commands()}
-    assert names >= {"title", "recommend", "prefs add", "prefs remove", "prefs show",
+    assert names >= {"title", "search", "recommend", "prefs add", "prefs remove", "prefs show",
                      "headline", "post", "adcopy", "synopsis", "trivia play",
                      "trivia leaderboard", "story start", "story end"}  # fmt: skip
+
+
+async def test_search_by_genre_person_type_and_years(media_bot: MediaBot) -> None:
+    interaction = in_guild(media_bot, MEMBER)
+    await invoke(media_bot, "search", interaction, genre="horror", kind="Movie",
+                 year_from=1980, year_to=1989)  # fmt: skip
+    text = last(interaction).content
+    rows = re.findall(r"^- (.+) \((\d{4})\), Movie", text, re.M)
+    assert rows and all(1980 <= int(year) <= 1989 for _, year in rows)
+    assert "The Evil Dead (1981)" in text
+    by_person = in_guild(media_bot, MEMBER)
+    await invoke(media_bot, "search", by_person, person="martin scorsese")
+    assert "The Irishman (2019)" in last(by_person).content
+    unknown = in_guild(media_bot, MEMBER)
+    await invoke(media_bot, "search", unknown, genre="polka")
+    assert "I don't know the genre 'polka'" in last(unknown).content
+    nothing = in_guild(media_bot, MEMBER)
+    await invoke(media_bot, "search", nothing)
+    assert "at least one" in last(nothing).content

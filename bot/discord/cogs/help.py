@@ -17,6 +17,11 @@ Talk to me by mentioning me, in DMs, by replying to one of my messages, or in a 
 - `/forget` delete everything I store about you, everywhere
 - `/persona list` the personas; `/persona set` picks one for a channel (Manage Server)
 - `/chatchannel add|remove|list` channels where I answer without a mention (Manage Server)
+- `/title` look a title up; `/search` titles by genre, person, type and years
+- `/recommend` picks from the catalog for you; `/prefs add|remove|show` your taste
+- `/headline`, `/post`, `/adcopy`, `/synopsis` media copy about a title or topic
+- `/trivia play|leaderboard` catalog trivia; `/story start|end` a choose-your-path story
+- `/mod …` moderation settings (Manage Server)
 What you say in one server is never used in another, and DMs are separate."""
 
 

@@ -15,7 +15,7 @@ from bot.discord.client import MediaBot, respond
 from bot.discord.cogs.chat import scope_of
 from bot.generation.base import Owner
 from bot.generation.queue import QueueFull
-from bot.media.catalog import Title
+from bot.media.catalog import Title, search_text
 from bot.media.recommend import NOTHING_FOUND, Check, Pick
 from bot.media.service import Media
 from bot.moderation.moderator import OUTPUT_WITHHELD, Where
@@ -215,6 +215,29 @@ class MediaCommands(commands.Cog):
             _cut(f"Also close: {others}", 2000) if others else "",
             embed=title_embed(found[0]),
         )
+
+    @app_commands.command(name="search", description="Titles by genre, person, type and years")
+    @app_commands.describe(
+        genre="e.g. horror, comedy, sci-fi", person="a director or cast member",
+        kind="Movie, TV Show, or your catalog's own types", year_from="from this year",
+        year_to="up to this year",
+    )  # fmt: skip
+    async def search(  # noqa: PLR0917 - slash command options arrive as arguments
+        self,
+        interaction: discord.Interaction,
+        genre: app_commands.Range[str, 1, 60] | None = None,
+        person: app_commands.Range[str, 1, 120] | None = None,
+        kind: app_commands.Range[str, 1, 40] | None = None,
+        year_from: app_commands.Range[int, 1800, 2100] | None = None,
+        year_to: app_commands.Range[int, 1800, 2100] | None = None,
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        if self.media is None:
+            await interaction.followup.send(NO_CATALOG)
+            return
+        text = search_text(await self.media.current(), genre=genre, person=person, kind=kind,
+                           year_from=year_from, year_to=year_to)  # fmt: skip
+        await interaction.followup.send(_cut(text, 2000))
 
     @app_commands.command(name="recommend", description="Titles from the catalog for you")
     @app_commands.describe(mood="What you're in the mood for, e.g. 'a scary film from the 80s'")
