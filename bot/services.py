@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.assistant import Assistant
-from bot.generation.base import GenerationParams, Generator
+from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
-from bot.generation.weights import Progress
+from bot.generation.remote import RemoteGenerator
+from bot.generation.tokenizer import ChatTokenizer
+from bot.generation.weights import Progress, model_dir
 from bot.media.library import Library
 from bot.media.service import Media
 from bot.moderation.classifier import OffensiveClassifier
@@ -46,6 +48,26 @@ def build_moderator(
         repeat_limit=mod.repeat_limit,
         guild_in_flight=settings.ratelimit.guild_in_flight,
         slot_lease=settings.generation.timeout + 30,
+    )
+
+
+def load_remote(settings: Settings, progress: Progress) -> RemoteGenerator:
+    """The remote backend, with the local tokenizer that counts its context window."""
+    remote = settings.remote
+    if remote.url is None:
+        raise GenerationError("GENERATION_BACKEND is remote but REMOTE_URL is not set.")
+    progress("Loading the tokenizer (generation runs on the model server)…")
+    directory = model_dir(settings.model.path, settings.model.cache_dir, progress)
+    return RemoteGenerator(
+        remote.url.get_secret_value(),
+        remote.model,
+        ChatTokenizer.load(directory),
+        api_key=remote.api_key.get_secret_value() if remote.api_key else None,
+        timeout=remote.timeout,
+        context_length=remote.context_length,
+        concurrency=remote.concurrency,
+        queue_max=settings.generation.queue_max,
+        per_user=settings.generation.per_user,
     )
 
 
@@ -106,16 +128,20 @@ async def open_services(
             max_turns=settings.memory.max_turns,
             retention_seconds=settings.memory.retention_seconds,
         )
-        progress("Loading the model…")
-        generator = await asyncio.to_thread(
-            LocalGenerator.load,
-            settings.model,
-            concurrency=settings.generation.concurrency,
-            max_batch=settings.generation.max_batch,
-            queue_max=settings.generation.queue_max,
-            per_user=settings.generation.per_user,
-            progress=progress,
-        )
+        generator: LocalGenerator | RemoteGenerator
+        if settings.generation.backend == "remote":
+            generator = await asyncio.to_thread(load_remote, settings, progress)
+        else:
+            progress("Loading the model…")
+            generator = await asyncio.to_thread(
+                LocalGenerator.load,
+                settings.model,
+                concurrency=settings.generation.concurrency,
+                max_batch=settings.generation.max_batch,
+                queue_max=settings.generation.queue_max,
+                per_user=settings.generation.per_user,
+                progress=progress,
+            )
         progress("Loading the moderation classifier…")
         classifier = await asyncio.to_thread(load_classifier, settings)
         moderation = Moderation(

@@ -107,6 +107,36 @@ class GenerationSettings(BaseSettings):
     queue_max: int = Field(default=64, ge=0, le=10_000, description="Requests that may wait.")
     per_user: int = Field(default=2, ge=1, le=100, description="Requests one member may have.")
     timeout: float = Field(default=300.0, gt=0, description="Seconds a reply may take.")
+    backend: Literal["local", "remote"] = Field(
+        default="local", description="local: the model in this process; remote: REMOTE_URL."
+    )
+
+
+class RemoteSettings(BaseSettings):
+    """An OpenAI-compatible server that generates instead of the local model
+    (GENERATION_BACKEND=remote): vLLM, TGI, llama.cpp's server, `transformers serve`."""
+
+    model_config = _section("REMOTE_")
+
+    url: SecretStr | None = Field(
+        default=None, description="The API base, e.g. http://gpu-host:8000/v1."
+    )
+    model: str = Field(default="default", min_length=1, max_length=300)
+    api_key: SecretStr | None = None
+    timeout: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds to connect, and between streamed bytes."
+    )
+    context_length: int | None = Field(
+        default=None, ge=256, description="The server model's window; unset: the local tokenizer's."
+    )
+    concurrency: int = Field(default=8, ge=1, le=1024, description="Requests sent at once.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
 
 
 class MemorySettings(BaseSettings):
@@ -250,6 +280,7 @@ class Settings(BaseModel):
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
     persona: PersonaName = "default"
     log_level: LogLevel = "WARNING"
 
@@ -278,6 +309,7 @@ _PREFIXES: dict[str, str] = {
     "RateLimitSettings": "RATELIMIT_",
     "ModerationSettings": "MODERATION_",
     "CatalogSettings": "CATALOG_",
+    "RemoteSettings": "REMOTE_",
 }
 
 

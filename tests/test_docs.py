@@ -16,6 +16,7 @@ from bot.settings import (
     ModerationSettings,
     RateLimitSettings,
     RedisSettings,
+    RemoteSettings,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ SECTIONS: list[type[BaseSettings]] = [
     RateLimitSettings,
     ModerationSettings,
     CatalogSettings,
+    RemoteSettings,
 ]
 
 
