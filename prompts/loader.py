@@ -57,9 +57,14 @@ class Persona(BaseModel):
 
     def render(self, *, user_name: str, bot_name: str, rules: str = "") -> str:
         """The system prompt for one reply. Values are inserted once, never parsed as
-        templates, so a display name with braces stays text."""
-        text = self.system.format_map({"user_name": user_name, "bot_name": bot_name})
-        return f"{text}\n{rules}" if rules else text
+        templates, so a display name with braces stays text. Lines that name the user
+        come last, after the rules: every member's prompt then starts with the same
+        tokens, which the model's prefix cache computes once for all."""
+        values = {"user_name": user_name, "bot_name": bot_name}
+        lines = self.system.split("\n")
+        shared = [line.format_map(values) for line in lines if "{user_name}" not in line]
+        personal = [line.format_map(values) for line in lines if "{user_name}" in line]
+        return "\n".join([*shared, *([rules] if rules else []), *personal])
 
 
 class Task(BaseModel):

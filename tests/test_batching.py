@@ -183,3 +183,29 @@ async def test_waiting_requests_hear_their_place_and_cancelling_frees_it() -> No
     assert heard["c"] == [2, 1, 0]
     assert [o.user for o in queue.admitted_order] == ["a", "c"]
     assert queue.running == 0 and not queue.busy
+
+
+async def test_prefix_reuse_decodes_the_same_and_skips_the_shared_start(
+    generator: LocalGenerator, lone: LocalGenerator
+) -> None:
+    """Prompts sharing a system prompt, and a conversation's next turn, start from
+    cached KV: the text is what a full prefill gives, and the shared part is not run
+    again."""
+    assert generator.engine is not None
+    prefixes = generator.engine.prefixes
+    prefixes.clear()
+    hits, reused = prefixes.hits, prefixes.reused
+    first = await text_of(generator, QUESTIONS[0])
+    assert first == await text_of(lone, QUESTIONS[0])
+    second = await text_of(generator, QUESTIONS[4])  # same system prompt
+    assert second == await text_of(lone, QUESTIONS[4])
+    system_tokens = generator.count_prompt_tokens(chat(""))
+    assert prefixes.hits == hits + 1 and prefixes.reused - reused >= system_tokens - 8
+    # The next turn of the first conversation reuses the prompt and the reply.
+    turn = [*chat(QUESTIONS[0]), {"role": "assistant", "content": first},
+            {"role": "user", "content": "And another one?"}]  # fmt: skip
+    before = prefixes.reused
+    again = "".join([p async for p in generator.stream(turn, GREEDY)])
+    assert again == "".join([p async for p in lone.stream(turn, GREEDY)])
+    assert prefixes.reused - before >= generator.count_prompt_tokens(chat(QUESTIONS[0]))
+    assert prefixes.tokens <= prefixes.capacity

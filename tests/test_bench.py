@@ -30,5 +30,9 @@ async def test_the_benchmark_reports_every_level_and_plots(
         assert level["tokens"] > 0 and level["tokens_per_s"] > 0
         assert 0 < level["ttft_p50_s"] <= level["ttft_p95_s"]
         assert level["ratio_to_baseline"] > 0
+    # With remembered conversations, every prompt starts like the others (the shared
+    # system prompt): the prefix cache is used from the first request of a level on.
+    assert all(level["prefix_hits"] >= level["requests"] - 1 for level in result["batched"])
+    assert result["batched"][-1]["prefix_reused_tokens"] > 0
     assert result["peak_rss_mb"] > 100
     assert "x baseline" in report(result)

@@ -8,6 +8,12 @@ limit, or when it is cancelled, and the columns no row needs any more are trimme
 Each row keeps its own sampling parameters and random generator, and repetition
 penalty, temperature, top-k and top-p are applied as `generate` applies them, so a
 greedy request decodes the same text alone or in a batch.
+
+Prefix reuse: the KV of recent prompts (and of finished replies, prompt and answer
+together) is kept in a small cache, bounded in tokens. A new prompt starts from the
+longest prefix it shares with one of them, sliced, and only the rest is prefilled:
+the system prompt every member shares, and a conversation's previous turn, are not
+computed again.
 """
 
 from __future__ import annotations
@@ -38,6 +44,76 @@ class BatchRequest:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
+MIN_REUSE = 16  # shorter shared prefixes are prefilled again: not worth a copy
+
+
+@dataclass(eq=False)
+class _Entry:
+    tokens: list[int]
+    layers: list[tuple[Any, Any]]  # per layer: keys, values of shape [1, heads, len, dim]
+    used: int = 0
+
+
+class PrefixCache:
+    """KV of recent token sequences, at most `capacity` tokens in all (LRU)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: list[_Entry] = []
+        self._clock = 0
+        self.hits = 0  # lookups that reused a prefix, for tests and the benchmark
+        self.reused = 0  # prompt tokens not prefilled thanks to it
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.tokens) for e in self._entries)
+
+    def longest(self, prompt: list[int]) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest prefix with `prompt`, and its length (at most
+        len(prompt) - 1: the last prompt token is always run, for its logits)."""
+        best, best_len = None, 0
+        limit = len(prompt) - 1
+        for entry in self._entries:
+            n = _common(entry.tokens, prompt, limit)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is None or best_len < MIN_REUSE:
+            return None, 0
+        self._clock += 1
+        best.used = self._clock
+        return best, best_len
+
+    def add(self, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
+        if not self.capacity or len(tokens) < MIN_REUSE or len(tokens) > self.capacity:
+            return
+        # A sequence that only extends a cached one replaces it (a conversation's turn).
+        self._entries = [
+            e for e in self._entries
+            if not (len(e.tokens) <= len(tokens) and tokens[: len(e.tokens)] == e.tokens)
+        ]  # fmt: skip
+        self._clock += 1
+        self._entries.append(_Entry(list(tokens), layers, self._clock))
+        while self.tokens > self.capacity:
+            self._entries.remove(min(self._entries, key=lambda e: e.used))
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _common(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # the first difference, by bisection on slices (C-speed compares)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @dataclass(eq=False)
 class _Row:
     request: BatchRequest
@@ -58,6 +134,7 @@ class BatchEngine:
         eos_ids: list[int],
         context_length: int,
         max_batch: int = 8,
+        prefix_tokens: int = 0,
     ) -> None:
         import torch
 
@@ -73,6 +150,7 @@ class BatchEngine:
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: Any = None
+        self.prefixes = PrefixCache(prefix_tokens)
         self.steps = 0  # decode steps run, for tests and the benchmark
         self.widest = 0  # the most rows decoded in one step
         # transformers renamed `past_key_values` to `cache` (5.2x); use what it takes.
@@ -137,14 +215,27 @@ class BatchEngine:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self._model.config)
-            ids = torch.tensor([request.prompt], device=self._device)
+            prompt = request.prompt
+            entry, reuse = self.prefixes.longest(prompt)
+            if entry is not None:
+                for i, (keys, values) in enumerate(entry.layers):
+                    cache.update(keys[:, :, :reuse], values[:, :, :reuse], i)
+                self.prefixes.hits += 1
+                self.prefixes.reused += reuse
+            ids = torch.tensor([prompt[reuse:]], device=self._device)
             out = self._model(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long,
+                                          device=self._device),
+                position_ids=torch.arange(reuse, len(prompt), device=self._device)[None],
                 use_cache=True,
                 logits_to_keep=1,
                 **{self._cache_kw: cache},
-            )
+            )  # fmt: skip
+            # The prompt's KV is kept for later prompts sharing its start (decoding
+            # replaces the cache's tensors, it never writes into these).
+            self.prefixes.add(list(prompt), [(layer.keys, layer.values)
+                                             for layer in cache.layers])  # fmt: skip
             rng = None
             if request.params.seed is not None:
                 rng = torch.Generator(device=self._device).manual_seed(request.params.seed)
@@ -203,6 +294,8 @@ class BatchEngine:
             row.tokens.append(row.next_token)
             if self._accept(row, logits[i]):
                 keep.append(i)
+            elif not row.request.stop.is_set():
+                self._keep_finished(i, row)
         if len(keep) == len(rows):
             return
         if not keep:
@@ -219,6 +312,18 @@ class BatchEngine:
                 layer.keys = layer.keys[:, :, trim:]
                 layer.values = layer.values[:, :, trim:]
             self._mask = self._mask[:, trim:]
+
+    def _keep_finished(self, index: int, row: _Row) -> None:
+        """Keep a finished row's KV (prompt and reply): the conversation's next prompt
+        starts with both."""
+        if not self.prefixes.capacity or self._cache is None or row.length < MIN_REUSE:
+            return
+        layers = [
+            (layer.keys[index : index + 1, :, -row.length :].clone(),
+             layer.values[index : index + 1, :, -row.length :].clone())
+            for layer in self._cache.layers
+        ]  # fmt: skip
+        self.prefixes.add(row.tokens[: row.length], layers)
 
     def _accept(self, row: _Row, logits: Any) -> bool:
         """Choose the row's next token; False when the row has finished (and was told)."""

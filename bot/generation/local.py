@@ -86,6 +86,7 @@ class LocalGenerator:
         max_batch: int = 1,
         queue_max: int = 64,
         per_user: int = 2,
+        prefix_tokens: int = 0,
     ) -> None:
         import torch
 
@@ -108,7 +109,7 @@ class LocalGenerator:
         if max_batch > 1:
             self.engine = BatchEngine(
                 model, eos_ids=self._eos_ids, context_length=self._context_length,
-                max_batch=max_batch,
+                max_batch=max_batch, prefix_tokens=prefix_tokens,
             )  # fmt: skip
             slots = max_batch
         else:
@@ -125,6 +126,7 @@ class LocalGenerator:
         max_batch: int = 1,
         queue_max: int = 64,
         per_user: int = 2,
+        prefix_tokens: int = 0,
         progress: Progress = lambda _: None,
     ) -> LocalGenerator:
         """Load (blocking: call it in a thread). Never downloads: only local files."""
@@ -165,7 +167,7 @@ class LocalGenerator:
         model.eval()
         return cls(
             model, tokenizer, concurrency=concurrency, max_batch=max_batch,
-            queue_max=queue_max, per_user=per_user,
+            queue_max=queue_max, per_user=per_user, prefix_tokens=prefix_tokens,
         )  # fmt: skip
 
     @property
