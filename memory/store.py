@@ -291,21 +291,21 @@ class MemoryStore:
         await self._set_facts(scope, user_id, turn_id, edited)
         return True
 
-    async def facts(self, scope: Scope, user_id: str) -> list[Fact]:
-        key = self.keys.scope_key(user_id, scope, "profile")
+    async def _hash(self, key: str) -> list[Any]:
+        """A hash as a flat field, value, … list (as the Lua scripts return one)."""
         try:
             raw = await self._redis.hgetall(key)  # type: ignore[misc]
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
-        return self._facts([x for kv in raw.items() for x in kv], where=key)
+        return [x for kv in raw.items() for x in kv]
+
+    async def facts(self, scope: Scope, user_id: str) -> list[Fact]:
+        key = self.keys.scope_key(user_id, scope, "profile")
+        return self._facts(await self._hash(key), where=key)
 
     async def taste(self, scope: Scope, user_id: str) -> list[TasteItem]:
         key = self.keys.scope_key(user_id, scope, "taste")
-        try:
-            raw = await self._redis.hgetall(key)  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
-        return self._taste([x for kv in raw.items() for x in kv], where=key)
+        return self._taste(await self._hash(key), where=key)
 
     async def add_taste(self, scope: Scope, user_id: str, items: Sequence[TasteItem]) -> int:
         """Record taste items in one atomic write; returns how many were written (a

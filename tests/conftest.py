@@ -132,3 +132,27 @@ class ScriptedGenerator:
         for piece in self.pieces:
             await asyncio.sleep(0)
             yield piece
+
+
+class RecordingSink:
+    """A reply sink that records what the pipeline shows (the terminal and Discord
+    sinks are tested on their own)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.notices: list[str] = []
+
+    async def context(self, window: Any) -> None: ...
+
+    async def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    async def piece(self, text: str) -> None:
+        self.text += text
+
+    async def finish(self, text: str) -> str | None:
+        return None
+
+    async def retract(self, text: str) -> None: ...
+
+    def position(self, place: int) -> None: ...

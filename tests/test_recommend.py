@@ -31,7 +31,7 @@ from bot.moderation.moderator import Moderator
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
-from tests.conftest import ScriptedGenerator, make_settings
+from tests.conftest import RecordingSink, ScriptedGenerator, make_settings
 
 SCOPE = Scope("g1")
 
@@ -260,29 +260,12 @@ async def test_recommendation_asked_in_chat(
     assistant = Assistant(settings=make_settings(keys), memory=store, generator=invented,
                           media=media)  # fmt: skip
 
-    class Sink:
-        def __init__(self) -> None:
-            self.text = ""
-
-        async def context(self, window: object) -> None: ...
-        async def notice(self, text: str) -> None:
-            raise AssertionError(text)
-
-        async def piece(self, text: str) -> None:
-            self.text += text
-
-        async def finish(self, text: str) -> str | None:
-            return None
-
-        async def retract(self, text: str) -> None: ...
-        def position(self, place: int) -> None: ...
-
-    sink = Sink()
+    sink = RecordingSink()
     request = ReplyRequest(scope=SCOPE, user_id="u3", user_name="ada",
                            text="what should I watch tonight? something like Dark",
                            message_id="m9")  # fmt: skip
     outcome = await assistant.reply(request, sink)
-    assert outcome.stored and outcome.generated
+    assert outcome.stored and outcome.generated and sink.notices == []
     assert "Moon Heist" not in sink.text and "2031" not in sink.text
     assert sink.text.count("picked because") == 5  # every invented sentence replaced
     assert "Stranger Things**" not in sink.text  # seen titles are not offered

@@ -31,7 +31,7 @@ from bot.generation.tokenizer import ChatTokenizer
 from bot.generation.weights import model_dir
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import make_settings, model_settings
+from tests.conftest import RecordingSink, make_settings, model_settings
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
 QUESTION = [{"role": "user", "content": "Name one famous science fiction film."}]
@@ -115,7 +115,7 @@ async def test_a_reply_through_the_real_server_is_remembered(
 ) -> None:
     gen = remote(served, tokens, model=str(model_directory))
     assistant = Assistant(settings=make_settings(keys), memory=store, generator=gen)
-    sink = Sink()
+    sink = RecordingSink()
     request = ReplyRequest(scope=Scope(None), user_id="r1", user_name="ada",
                            text="Hello! Recall that I love Dark.", message_id="x1")  # fmt: skip
     outcome = await assistant.reply(request, sink)
@@ -126,25 +126,6 @@ async def test_a_reply_through_the_real_server_is_remembered(
     assert gen.queue.running == 1
     await stream.aclose()
     assert gen.queue.running == 0
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-        self.notices: list[str] = []
-
-    async def context(self, window: object) -> None: ...
-    async def notice(self, text: str) -> None:
-        self.notices.append(text)
-
-    async def piece(self, text: str) -> None:
-        self.text += text
-
-    async def finish(self, text: str) -> str | None:
-        return None
-
-    async def retract(self, text: str) -> None: ...
-    def position(self, place: int) -> None: ...
 
 
 @pytest.fixture
@@ -225,7 +206,7 @@ async def test_a_broken_reply_reaches_the_user_as_a_sentence_and_is_not_stored(
 ) -> None:
     gen = remote(f"{failing}/broken/v1", tokens, timeout=0.5)
     assistant = Assistant(settings=make_settings(keys), memory=store, generator=gen)
-    sink = Sink()
+    sink = RecordingSink()
     request = ReplyRequest(scope=Scope(None), user_id="r2", user_name="ada",
                            text="Tell me a story.", message_id="x2")  # fmt: skip
     outcome = await assistant.reply(request, sink)

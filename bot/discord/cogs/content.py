@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.client import MediaBot
-from bot.discord.cogs.media import BUSY, NO_CATALOG, review, screen
+from bot.discord.cogs.media import BUSY, begin, review, screen
 from bot.generation.base import GenerationError, Owner
 from bot.media.content import ContentRequest, Length, Platform, Tone
 from bot.moderation.rules import defuse_mentions
@@ -25,10 +25,8 @@ class ContentCommands(commands.Cog):
         self.bot = bot
 
     async def _write(self, interaction: discord.Interaction, request: ContentRequest) -> None:
-        await interaction.response.defer(thinking=True)
-        media = self.bot.services.media
+        media = await begin(self.bot, interaction)
         if media is None:
-            await interaction.followup.send(NO_CATALOG)
             return
         if not await screen(self.bot, interaction, request.subject):
             return

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.discord.client import MediaBot, respond
 from bot.discord.cogs.chat import scope_of
-from bot.discord.cogs.media import BUSY, MEMORY_DOWN, NO_CATALOG, review
+from bot.discord.cogs.media import BUSY, MEMORY_DOWN, NO_CATALOG, begin, review
 from bot.generation.base import GenerationError
 from bot.media.story import Genre, StoryState, StoryWithheld
 from bot.media.trivia import LETTERS, NoQuestion, Question
@@ -140,10 +140,8 @@ class StoryButton(
 
 
 async def choose(bot: MediaBot, interaction: discord.Interaction, step: int, option: int) -> None:
-    media = bot.services.media
-    await interaction.response.defer(thinking=True)
+    media = await begin(bot, interaction)
     if media is None:
-        await interaction.followup.send(NO_CATALOG, ephemeral=True)
         return
     scope, user = scope_of(interaction.guild), str(interaction.user.id)
     try:
@@ -189,10 +187,8 @@ class Games(commands.Cog):
         interaction: discord.Interaction,
         kind: Literal["any", "director", "year", "genre", "odd"] = "any",
     ) -> None:
-        await interaction.response.defer(thinking=True)
-        media = self.bot.services.media
+        media = await begin(self.bot, interaction)
         if media is None:
-            await interaction.followup.send(NO_CATALOG)
             return
         guild = str(interaction.guild_id) if interaction.guild_id else None
         try:
@@ -221,10 +217,8 @@ class Games(commands.Cog):
 
     @trivia.command(name="leaderboard", description="This server's trivia leaderboard")
     async def trivia_leaderboard(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
-        media = self.bot.services.media
+        media = await begin(self.bot, interaction)
         if media is None:
-            await interaction.followup.send(NO_CATALOG)
             return
         guild = str(interaction.guild_id) if interaction.guild_id else None
         try:
@@ -241,10 +235,8 @@ class Games(commands.Cog):
 
     @story.command(name="start", description="Start a story (replaces yours in progress)")
     async def story_start(self, interaction: discord.Interaction, genre: Genre = "fantasy") -> None:
-        await interaction.response.defer(thinking=True)
-        media = self.bot.services.media
+        media = await begin(self.bot, interaction)
         if media is None:
-            await interaction.followup.send(NO_CATALOG)
             return
         try:
             state = await media.stories.start(
@@ -265,10 +257,8 @@ class Games(commands.Cog):
 
     @story.command(name="end", description="End your story here")
     async def story_end(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        media = self.bot.services.media
+        media = await begin(self.bot, interaction, ephemeral=True)
         if media is None:
-            await interaction.followup.send(NO_CATALOG, ephemeral=True)
             return
         try:
             had = await media.stories.end(scope_of(interaction.guild), str(interaction.user.id))

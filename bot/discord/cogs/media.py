@@ -28,6 +28,18 @@ NO_CATALOG = "The catalog isn't loaded, so I can't look titles up right now."
 BUSY = "I'm busy with other replies right now: please try again in a moment."
 
 
+async def begin(
+    bot: MediaBot, interaction: discord.Interaction, *, ephemeral: bool = False
+) -> Media | None:
+    """Defer the interaction (commands may wait on the model) and return the media
+    service; None, after saying so, when the catalog is not loaded."""
+    await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+    media = bot.services.media
+    if media is None:
+        await interaction.followup.send(NO_CATALOG, ephemeral=ephemeral)
+    return media
+
+
 def where_of(interaction: discord.Interaction) -> Where:
     return Where(
         str(interaction.guild_id) if interaction.guild_id else None,
@@ -193,20 +205,15 @@ class MediaCommands(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(RecButton)
 
-    @property
-    def media(self) -> Media | None:
-        return self.bot.services.media
-
     @app_commands.command(name="title", description="Look a title up in the catalog")
     @app_commands.describe(name="The title, as you remember it (typos are fine)")
     async def title(
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200]
     ) -> None:
-        await interaction.response.defer(thinking=True)
-        if self.media is None:
-            await interaction.followup.send(NO_CATALOG)
+        media = await begin(self.bot, interaction)
+        if media is None:
             return
-        found = await self.media.lookup(name)
+        found = await media.lookup(name)
         if not found:
             await interaction.followup.send(_cut(f"Nothing in the catalog matches {name!r}.", 2000))
             return
@@ -231,11 +238,10 @@ class MediaCommands(commands.Cog):
         year_from: app_commands.Range[int, 1800, 2100] | None = None,
         year_to: app_commands.Range[int, 1800, 2100] | None = None,
     ) -> None:
-        await interaction.response.defer(thinking=True)
-        if self.media is None:
-            await interaction.followup.send(NO_CATALOG)
+        media = await begin(self.bot, interaction)
+        if media is None:
             return
-        text = search_text(await self.media.current(), genre=genre, person=person, kind=kind,
+        text = search_text(await media.current(), genre=genre, person=person, kind=kind,
                            year_from=year_from, year_to=year_to)  # fmt: skip
         await interaction.followup.send(_cut(text, 2000))
 
@@ -244,15 +250,14 @@ class MediaCommands(commands.Cog):
     async def recommend(
         self, interaction: discord.Interaction, mood: app_commands.Range[str, 0, 300] = ""
     ) -> None:
-        await interaction.response.defer(thinking=True)
-        if self.media is None:
-            await interaction.followup.send(NO_CATALOG)
+        media = await begin(self.bot, interaction)
+        if media is None:
             return
         if not await screen(self.bot, interaction, mood):
             return
         scope, user = scope_of(interaction.guild), str(interaction.user.id)
         try:
-            picks = await self.media.recommend(
+            picks = await media.recommend(
                 scope, user, mood or "something good", owner=Owner(user, scope.guild_id),
                 check=await allows(self.bot, interaction),
             )  # fmt: skip
@@ -280,12 +285,11 @@ class MediaCommands(commands.Cog):
         what: app_commands.Range[str, 1, 200],
         how: Literal["like", "dislike", "seen"] = "like",
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if self.media is None:
-            await interaction.followup.send(NO_CATALOG, ephemeral=True)
+        media = await begin(self.bot, interaction, ephemeral=True)
+        if media is None:
             return
         try:
-            change = await self.media.add_pref(
+            change = await media.add_pref(
                 scope_of(interaction.guild), str(interaction.user.id), how, what
             )
         except MemoryUnavailable:
@@ -297,12 +301,11 @@ class MediaCommands(commands.Cog):
     async def prefs_remove(
         self, interaction: discord.Interaction, what: app_commands.Range[str, 1, 200]
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if self.media is None:
-            await interaction.followup.send(NO_CATALOG, ephemeral=True)
+        media = await begin(self.bot, interaction, ephemeral=True)
+        if media is None:
             return
         try:
-            change = await self.media.remove_pref(
+            change = await media.remove_pref(
                 scope_of(interaction.guild), str(interaction.user.id), what
             )
         except MemoryUnavailable:
