@@ -196,10 +196,13 @@ def test_blurb_check(catalog: Catalog, sentence: str, kept: bool) -> None:
 
 def test_intent() -> None:
     for text in ("what should I watch tonight?", "can you recommend a film?",
-                 "any suggestions for a show", "Give me a movie"):  # fmt: skip
+                 "any suggestions for a show", "Give me a movie", "recommend me something",
+                 "Recommend a heist film", "got any recs?", "suggest an anime"):  # fmt: skip
         assert wants_recommendation(text), text
-    for text in ("I watched Dark", "what is Dark about?", "I recommend you sleep"):
-        assert wants_recommendation(text) == ("recommend" in text), text
+    for text in ("I watched Dark", "what is Dark about?", "I recommend you sleep",
+                 "I recommend Dark to everyone", "we suggest a break",
+                 "what is a suggestion?"):  # fmt: skip
+        assert not wants_recommendation(text), text
 
 
 REQUESTS = [

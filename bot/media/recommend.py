@@ -48,8 +48,14 @@ _STOP_TEXT = (
 _STOPWORDS = frozenset(_STOP_TEXT.split())
 _YEARS = re.compile(r"\b(?:(19|20)?(\d)0'?s)\b", re.I)
 _LIKE = re.compile(r"\b(?:like|similar to|in the vein of|more like)\s+([^,.;!?]{2,80})", re.I)
+# Asking for a recommendation, not giving one: "can you recommend…", "recommend me a
+# film", "any suggestions?", "what should I watch?"; "I recommend Dark" is chat.
 RECOMMEND_INTENT = re.compile(
-    r"\b(?:recommend|recommendation|suggest|suggestion)s?\b|"
+    r"\b(?:can|could|would|will) you (?:please )?(?:recommend|suggest)\b|"
+    r"(?<!i )(?<!we )\b(?:recommend|suggest)(?: me| us)? (?:a|an|some|something|anything|"
+    r"any|films?|movies?|shows?|series|titles?|one|more)\b|"
+    r"^\s*(?:please )?(?:recommend|suggest)\b|"
+    r"\b(?:any|some|your|got any|give me) (?:good )?(?:recommendations?|suggestions?|recs)\b|"
     r"\bwhat (?:should|could|can|shall) (?:i|we) (?:watch|see|binge|stream)\b|"
     r"\b(?:anything|something) (?:good )?(?:to|I could|we could|I can|we can) "
     r"(?:watch|binge|stream)\b|"
