@@ -55,14 +55,16 @@ def tokens(model_directory: Path) -> ChatTokenizer:
 
 
 @pytest.fixture(scope="session")
-def served(model_directory: Path) -> Iterator[str]:
-    """`transformers serve` on the embedded model, offline, on a free port."""
+def served(model_directory: Path, generator: LocalGenerator) -> Iterator[str]:
+    """`transformers serve` on the embedded model, offline, on a free port, computing
+    in the dtype the local generator uses (so their greedy replies can be compared)."""
+    dtype = str(next(generator._model.parameters()).dtype).removeprefix("torch.")
     port = free_port()
     cli = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     server = subprocess.Popen(
         [str(cli), "serve", str(model_directory), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
+         "--device", "cpu", "--dtype", dtype, "--log-level", "warning"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -145,9 +145,11 @@ class LocalGenerator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise GenerationError("MODEL_DEVICE is cuda but no CUDA device is available.")
-        # On CPU, float32: measured on 2 cores, bf16 decodes no faster and prefills a
-        # 2,000-token prompt 2.5x slower (16.5 s against 6.4 s). bf16 on CUDA.
-        auto = torch.bfloat16 if device == "cuda" else torch.float32
+        # bf16 on CUDA, and on CPUs with AMX matrix units for bf16: there, measured on 2
+        # cores, a 2,000-token prompt prefills in 1.1 s against 3.7 s in float32, and
+        # the process needs half the memory. Without AMX, float32: bf16 then prefilled
+        # 2.5x slower (16.5 s against 6.4 s) and decoded no faster.
+        auto = torch.bfloat16 if device == "cuda" or cpu_has_bf16_matrix_units() else torch.float32
         dtype = {
             "auto": auto,
             "bfloat16": torch.bfloat16,
@@ -340,3 +342,21 @@ def _as_list(value: int | list[int] | None) -> list[int]:
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX-BF16), which
+    makes bf16 the faster dtype on CPU."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        if probe is not None:
+            return bool(probe()) and bool(torch.cpu._is_avx512_bf16_supported())
+    except (RuntimeError, AttributeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return "amx_bf16" in info.read()
+    except OSError:
+        return False
