@@ -85,8 +85,12 @@ def _year(catalog: Catalog, rng: random.Random) -> Question:
         raise NoQuestion("year")
     title = rng.choice(pool)
     assert title.year is not None
-    near = [title.year + d for d in (-6, -4, -3, -2, -1, 1, 2, 3, 4, 6)]
-    wrong = [str(y) for y in near if 1850 <= y <= time.gmtime().tm_year + 1]
+    near = [title.year + d for d in (-6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6)]
+    # No option later than the catalog's newest title: it would give itself away.
+    newest = max(t.year or 0 for t in pool)
+    wrong = [str(y) for y in near if 1850 <= y <= min(newest, time.gmtime().tm_year)]
+    if len(wrong) < 3:
+        raise NoQuestion("year")
     options, answer = _shuffle(rng, str(title.year), rng.sample(wrong, 3))
     what = {"Movie": "film", "TV Show": "show"}.get(title.type, title.type.lower())
     return Question(_qid(), "year", f"In which year was the {what} {title.title} released?",
@@ -126,8 +130,9 @@ def _odd(catalog: Catalog, rng: random.Random) -> Question:
         if fold(odd.title) in {fold(n) for n in names}:
             continue
         options, answer = _shuffle(rng, odd.title, names)
-        label = catalog.labels[concept]
-        return Question(_qid(), "odd", f"Which of these is NOT listed under {label}?",
+        # The genre as a concept ("horror"), not one label of it ("TV Horror"): the
+        # three others may carry any of its labels.
+        return Question(_qid(), "odd", f"Which of these is NOT a {concept} title?",
                         options, answer, odd.id)  # fmt: skip
     raise NoQuestion("odd")
 
@@ -178,8 +183,7 @@ def is_correct(catalog: Catalog, q: Question, option: int) -> bool:
         return chosen in title.genres or any(
             genre_concept(chosen) == genre_concept(g) for g in title.genres
         )
-    label = q.text.removeprefix("Which of these is NOT listed under ").rstrip("?")
-    concept = genre_concept(label)
+    concept = q.text.removeprefix("Which of these is NOT a ").removesuffix(" title?")
     named = catalog.exact(chosen)
     return bool(named) and all(concept not in t.concepts for t in named)
 
