@@ -130,11 +130,14 @@ async def test_a_seed_makes_sampled_replies_repeatable(backend: LocalGenerator) 
     assert first == second and first
 
 
-async def test_any_local_model_directory_loads_by_setting(generator: LocalGenerator) -> None:
+async def test_any_local_model_directory_loads_by_setting(sequential: LocalGenerator) -> None:
+    """MODEL_PATH pointing at the converted directory gives the embedded model's replies
+    (compared on the same path and dtype: one request at a time, `auto`)."""
     directory = cached_model_dir(model_settings().cache_dir)
-    other = LocalGenerator.load(ModelSettings(path=directory, dtype="float32"))
+    other = LocalGenerator.load(ModelSettings(path=directory))
     try:
         pieces = [p async for p in other.stream(MESSAGES, GREEDY)]
-        assert "".join(pieces) == "".join([p async for p in generator.stream(MESSAGES, GREEDY)])
+        expected = "".join([p async for p in sequential.stream(MESSAGES, GREEDY)])
+        assert "".join(pieces) == expected
     finally:
         other.close()

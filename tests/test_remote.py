@@ -54,11 +54,20 @@ def tokens(model_directory: Path) -> ChatTokenizer:
     return ChatTokenizer.load(model_directory)
 
 
-@pytest.fixture(scope="session")
-def served(model_directory: Path, generator: LocalGenerator) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def lone() -> Iterator[LocalGenerator]:
+    """The local model one request at a time through `generate`, as the server runs
+    it: the same code path and dtype, so greedy replies compare word for word."""
+    gen = LocalGenerator.load(model_settings(), max_batch=1)
+    yield gen
+    gen.close()
+
+
+@pytest.fixture(scope="module")
+def served(model_directory: Path, lone: LocalGenerator) -> Iterator[str]:
     """`transformers serve` on the embedded model, offline, on a free port, computing
-    in the dtype the local generator uses (so their greedy replies can be compared)."""
-    dtype = str(next(generator._model.parameters()).dtype).removeprefix("torch.")
+    in the dtype the local generator uses."""
+    dtype = str(next(lone._model.parameters()).dtype).removeprefix("torch.")
     port = free_port()
     cli = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -102,12 +111,12 @@ async def collect(gen: RemoteGenerator, messages: object = QUESTION) -> str:
 
 @pytest.mark.model
 async def test_the_real_server_streams_what_the_local_model_writes(
-    served: str, tokens: ChatTokenizer, model_directory: Path, generator: LocalGenerator
+    served: str, tokens: ChatTokenizer, model_directory: Path, lone: LocalGenerator
 ) -> None:
     gen = remote(served, tokens, model=str(model_directory))
     pieces = [p async for p in gen.stream(QUESTION, GREEDY)]  # type: ignore[arg-type]
     assert len(pieces) > 3  # streamed, not one block
-    local = "".join([p async for p in generator.stream(QUESTION, GREEDY)])  # type: ignore[arg-type]
+    local = "".join([p async for p in lone.stream(QUESTION, GREEDY)])  # type: ignore[arg-type]
     assert "".join(pieces).strip() == local.strip()
 
 
