@@ -15,6 +15,7 @@ from bot.bench_recommend import run as precision_run
 from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator
 from bot.media.catalog import Catalog
+from bot.media.facts import without_title
 from bot.media.library import Library
 from bot.media.recommend import (
     Mood,
@@ -181,6 +182,7 @@ def test_precision_beats_popularity(catalog: Catalog) -> None:
         ("Released in 1999, it is a gripping ride from start to finish for fans.", False),
         ("Directed by Steven Spielberg, this is a gripping ride from start to finish.", False),
         ("Starring Louis Hofmann, this is a gripping time-travel mystery for you.", True),
+        ("Like Stranger Things, Dark is a gripping mystery about a missing boy and time.", False),
         ("What's your favourite movie of all time and why do you like it?", False),
         ("Incredible!", False),
         ("A must-see thriller @everyone should watch tonight with their friends.", True),
@@ -233,13 +235,14 @@ async def test_no_invented_titles_across_100_requests_with_the_real_model(
     from_model = 0
     for picks in results:
         assert picks
-        ids = {p.title.id for p in picks}
+        assert len({p.title.id for p in picks}) == len(picks)
         for p in picks:
             assert catalog.get(p.title.id) == p.title  # every title shown is a catalog entry
             assert p.blurb
             if p.blurb_from_model:
                 # No other catalog title in the model's sentence, and no wrong year.
-                others = {t.id for t in catalog.mentioned(p.blurb, cased=True)} - ids
+                rest = without_title(p.blurb, p.title.title)
+                others = {t.id for t in catalog.mentioned(rest, cased=True)} - {p.title.id}
                 assert not others, p.blurb
                 assert all(
                     int(y) == p.title.year for y in re.findall(r"\b(?:19|20)\d\d\b", p.blurb)

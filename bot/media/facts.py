@@ -28,6 +28,16 @@ def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE.split(text) if s.strip()]
 
 
+def without_title(sentence: str, title: str) -> str:
+    """`sentence` with every mention of `title` (any case, any punctuation between its
+    words) replaced by a neutral word."""
+    words = re.findall(r"\w+", title)
+    if not words:
+        return sentence
+    pattern = r"\b" + r"\W+".join(re.escape(w) for w in words) + r"\b"
+    return re.sub(pattern, "it", sentence, flags=re.IGNORECASE)
+
+
 def unsupported(
     catalog: Catalog, sentence: str, subject: Title | None, *, strict_names: bool = False
 ) -> str | None:
@@ -40,8 +50,11 @@ def unsupported(
     meant to be about `subject` alone)."""
     named = catalog.mentioned(sentence, cased=True)
     if subject is not None and strict_names:
+        # Another title named anywhere but inside the subject's own name ("Stranger
+        # Things" is part of "Beyond Stranger Things", and another title beside it).
         own = fold(subject.title)
-        others = [t for t in named if fold(t.title) != own and fold(t.title) not in own]
+        rest = without_title(sentence, subject.title)
+        others = [t for t in catalog.mentioned(rest, cased=True) if fold(t.title) != own]
         if others:
             return f"names another title: {others[0].title}"
     involved = ([subject] if subject else []) + named
