@@ -138,14 +138,7 @@ class Assistant:
         self._personas: dict[str, Persona] = {}
         self.persona(settings.persona)  # a broken default persona fails at start, not later
         gen = settings.generation
-        self.params = GenerationParams(
-            max_new_tokens=gen.max_new_tokens,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
-            repetition_penalty=gen.repetition_penalty,
-            seed=gen.seed,
-        )
+        self.params = GenerationParams.from_settings(gen)
         self.budget = context_budget(
             generator.context_length, gen.max_new_tokens, gen.context_margin, gen.max_context_tokens
         )

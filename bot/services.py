@@ -74,14 +74,8 @@ def load_remote(settings: Settings, progress: Progress) -> RemoteGenerator:
 def blurb_params(settings: Settings, tokens: int | None = None) -> GenerationParams:
     """Sampling for text written about catalog titles: the one-sentence blurbs, or
     content and story scenes of `tokens` tokens at most."""
-    gen = settings.generation
-    return GenerationParams(
-        max_new_tokens=tokens or settings.catalog.blurb_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        top_k=gen.top_k,
-        repetition_penalty=gen.repetition_penalty,
-        seed=gen.seed,
+    return GenerationParams.from_settings(
+        settings.generation, tokens or settings.catalog.blurb_tokens
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from memory.context import ChatMessage
 
@@ -30,6 +30,18 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @classmethod
+    def from_settings(cls, gen: Any, max_new_tokens: int | None = None) -> GenerationParams:
+        """The sampling settings (GENERATION_*), with another reply length if given."""
+        return cls(
+            max_new_tokens=max_new_tokens or gen.max_new_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            repetition_penalty=gen.repetition_penalty,
+            seed=gen.seed,
+        )
 
 
 @dataclass(frozen=True, slots=True)

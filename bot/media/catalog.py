@@ -178,9 +178,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.titles)
 
-    def __contains__(self, title_id: object) -> bool:
-        return title_id in self.titles
-
     def get(self, title_id: str) -> Title | None:
         return self.titles.get(title_id)
 

@@ -19,8 +19,6 @@ from memory.keys import Scope
 from memory.records import Polarity, TasteItem
 from memory.store import MemoryStore
 
-TASTE_KINDS = ("genre", "title", "person")
-
 
 @dataclass(frozen=True, slots=True)
 class PrefChange:
