@@ -88,7 +88,8 @@ async def test_a_failed_generation_raises_one_sentence_and_frees_the_slot(
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("simulated failure inside the model")
 
-    monkeypatch.setattr(backend._model, "forward", boom)
+    model = backend.fast if backend.engine is not None else backend._model
+    monkeypatch.setattr(model, "forward", boom)
     with pytest.raises(GenerationError, match="failed"):
         async for _ in backend.stream(MESSAGES, GREEDY):
             pass

@@ -1,32 +1,36 @@
 """Continuous batching: one decoding thread runs every live request together.
 
-A request is prefilled alone (no padding wasted on its prompt) and then joins the
-running batch at the next step boundary: its KV cache is left-padded to the batch's
-length (or the batch's to its), and an attention mask hides the padding. Each step
-decodes one token for every row; a row leaves the batch at its end token, its length
-limit, or when it is cancelled, and the columns no row needs any more are trimmed.
-Each row keeps its own sampling parameters and random generator, and repetition
-penalty, temperature, top-k and top-p are applied as `generate` applies them, so a
-greedy request decodes the same text alone or in a batch.
+Every request's KV cache lives in one slab, a slot per request (bot/generation/llama.py).
+A new request takes a free slot, starts from the longest cached prefix it shares with
+an earlier prompt, and its prompt is read in chunks on the same forward passes that
+decode the running requests' next tokens, so a long prompt never stalls the others
+for long. When its prompt is read it joins the decoding rows. Each pass decodes one
+token for every decoding row; a row leaves at its end token, its length limit, or when
+it is cancelled, freeing its slot at once. Each row keeps its own sampling parameters
+and random generator, and repetition penalty, temperature, top-k and top-p are applied
+as `generate` applies them, so a greedy request decodes the same text alone or in a
+batch (in float32; see the README).
 
 Prefix reuse: the KV of recent prompts (and of finished replies, prompt and answer
 together) is kept in a small cache, bounded in tokens. A new prompt starts from the
-longest prefix it shares with one of them, sliced, and only the rest is prefilled:
-the system prompt every member shares, and a conversation's previous turn, are not
-computed again.
+longest prefix it shares with one of them, copied into its slot, and only the rest is
+read: the system prompt every member shares, and a conversation's previous turn, are
+not computed again.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.generation.base import GenerationParams
+
+if TYPE_CHECKING:  # the model module imports torch: only when an engine starts
+    from bot.generation.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ MIN_REUSE = 16  # shorter shared prefixes are prefilled again: not worth a copy
 @dataclass(eq=False)
 class _Entry:
     tokens: list[int]
-    layers: list[tuple[Any, Any]]  # per layer: keys, values of shape [1, heads, len, dim]
+    states: Any  # keys and values: [layers, 2, kv_heads, len, head_dim]
     used: int = 0
 
 
@@ -83,7 +87,7 @@ class PrefixCache:
         best.used = self._clock
         return best, best_len
 
-    def add(self, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
+    def add(self, tokens: list[int], states: Any) -> None:
         if not self.capacity or len(tokens) < MIN_REUSE or len(tokens) > self.capacity:
             return
         # A sequence that only extends a cached one replaces it (a conversation's turn).
@@ -92,7 +96,7 @@ class PrefixCache:
             if not (len(e.tokens) <= len(tokens) and tokens[: len(e.tokens)] == e.tokens)
         ]  # fmt: skip
         self._clock += 1
-        self._entries.append(_Entry(list(tokens), layers, self._clock))
+        self._entries.append(_Entry(list(tokens), states, self._clock))
         while self.tokens > self.capacity:
             self._entries.remove(min(self._entries, key=lambda e: e.used))
 
@@ -118,6 +122,7 @@ def _common(a: list[int], b: list[int], limit: int) -> int:
 class _Row:
     request: BatchRequest
     tokens: list[int]  # prompt and generated: what the repetition penalty sees
+    slot: int  # where its KV lives in the slab
     length: int  # tokens of this row in the KV cache
     next_token: int = -1  # sampled, not yet in the cache
     generated: int = 0
@@ -125,43 +130,47 @@ class _Row:
 
 
 class BatchEngine:
-    """Owns the model's decoding thread. `submit` is thread-safe."""
+    """Owns the model's decoding thread. `submit` is thread-safe.
+
+    Slots: the running rows are kept in slots 0…n-1 (a row leaving is replaced by the
+    last one), so one attention call covers them without gathering; rows still reading
+    their prompt take free slots from the top and move down when they start decoding.
+    Each pass reads every running row's next token and up to `chunk` prompt tokens of
+    joining rows, in one forward."""
 
     def __init__(
         self,
-        model: Any,
+        model: LlamaModel,
         *,
         eos_ids: list[int],
         context_length: int,
         max_batch: int = 8,
         prefix_tokens: int = 0,
+        chunk: int = 128,
     ) -> None:
         import torch
 
         self._torch = torch
         self._model = model
-        self._device = next(model.parameters()).device
         self._eos = set(eos_ids)
         self._context_length = context_length
         self.max_batch = max_batch
+        self.chunk = chunk
         self._pending: deque[BatchRequest] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._rows: list[_Row] = []
-        self._cache: Any = None
-        self._mask: Any = None
+        self._rows: list[_Row] = []  # decoding, row i in slot i
+        self._filling: list[_Row] = []  # reading their prompt, in slots from the top
+        self._slab = model.slab(max_batch)
         self.prefixes = PrefixCache(prefix_tokens)
-        self.steps = 0  # decode steps run, for tests and the benchmark
-        self.widest = 0  # the most rows decoded in one step
-        # transformers renamed `past_key_values` to `cache` (5.2x); use what it takes.
-        forward = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in forward else "past_key_values"
+        self.steps = 0  # forward passes run, for tests and the benchmark
+        self.widest = 0  # the most rows decoded in one pass
         self._thread = threading.Thread(target=self._loop, name="batch-decode", daemon=True)
         self._thread.start()
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + len(self._filling)
 
     def submit(self, request: BatchRequest) -> None:
         with self._cond:
@@ -183,147 +192,136 @@ class BatchEngine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._pending and not self._rows and not self._closed:
+                    while not self._pending and not self.running and not self._closed:
+                        self._slab.release()  # idle: give the memory back
                         self._cond.wait()
                     if self._closed:
-                        leftover = [*self._pending, *(r.request for r in self._rows)]
+                        leftover = [*self._pending, *(r.request for r in self._all())]
                         self._pending.clear()
                         break
-                    room = self.max_batch - len(self._rows)
+                    room = self.max_batch - self.running
                     joining = [
                         self._pending.popleft() for _ in range(min(room, len(self._pending)))
                     ]
                 for request in joining:
                     self._join(request)
-                if self._rows:
+                self._drop_stopped()
+                if self.running:
                     try:
-                        self._step()
-                    except Exception as exc:  # a failed step fails every row in it
+                        self._pass()
+                    except Exception as exc:  # a failed pass fails every row in it
                         log.exception("batched decoding failed")
-                        for row in self._rows:
+                        for row in self._all():
                             row.request.done(exc)
-                        self._rows, self._cache, self._mask = [], None, None
+                        self._rows, self._filling = [], []
+                        self._slab.release()
         for request in leftover:
             request.done(RuntimeError("the model was shut down"))
 
+    def _all(self) -> list[_Row]:
+        return [*self._rows, *self._filling]
+
     def _join(self, request: BatchRequest) -> None:
+        """Give the request a slot and its cached prefix; its prompt is read in passes."""
         if request.stop.is_set():
             request.done(None)
             return
-        torch = self._torch
         try:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self._model.config)
-            prompt = request.prompt
-            entry, reuse = self.prefixes.longest(prompt)
+            taken = {r.slot for r in self._filling}
+            slot = next(s for s in range(self.max_batch - 1, -1, -1) if s not in taken)
+            entry, reuse = self.prefixes.longest(request.prompt)
             if entry is not None:
-                for i, (keys, values) in enumerate(entry.layers):
-                    cache.update(keys[:, :, :reuse], values[:, :, :reuse], i)
+                self._slab.ensure(len(request.prompt))
+                self._slab.data[:, :, slot, :, :reuse] = entry.states[:, :, :, :reuse]
                 self.prefixes.hits += 1
                 self.prefixes.reused += reuse
-            ids = torch.tensor([prompt[reuse:]], device=self._device)
-            out = self._model(
-                input_ids=ids,
-                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long,
-                                          device=self._device),
-                position_ids=torch.arange(reuse, len(prompt), device=self._device)[None],
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kw: cache},
-            )  # fmt: skip
-            # The prompt's KV is kept for later prompts sharing its start (decoding
-            # replaces the cache's tensors, it never writes into these).
-            self.prefixes.add(list(prompt), [(layer.keys, layer.values)
-                                             for layer in cache.layers])  # fmt: skip
             rng = None
             if request.params.seed is not None:
-                rng = torch.Generator(device=self._device).manual_seed(request.params.seed)
-            row = _Row(request, list(request.prompt), len(request.prompt), rng=rng)
-            if not self._accept(row, out.logits[0, -1]):
-                return
+                rng = self._torch.Generator(device=self._model.device)
+                rng.manual_seed(request.params.seed)
         except Exception as exc:
-            log.exception("prefill failed")
+            log.exception("could not start a reply")
             request.done(exc)
             return
-        self._merge(row, cache)
+        self._filling.append(_Row(request, list(request.prompt), slot, reuse, rng=rng))
 
-    def _merge(self, row: _Row, cache: Any) -> None:
-        torch = self._torch
-        length = row.length
-        if self._cache is None:
-            self._cache = cache
-            self._mask = torch.ones((1, length), dtype=torch.long, device=self._device)
-            self._rows = [row]
-            return
-        width = self._mask.shape[1]
-        total = max(width, length)
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat(
-                [_left_pad(old.keys, total - width), _left_pad(new.keys, total - length)]
-            )
-            old.values = torch.cat(
-                [_left_pad(old.values, total - width), _left_pad(new.values, total - length)]
-            )
-        ones = torch.ones((1, length), dtype=torch.long, device=self._device)
-        self._mask = torch.cat(
-            [_left_pad_mask(self._mask, total - width), _left_pad_mask(ones, total - length)]
-        )
-        self._rows.append(row)
+    def _drop_stopped(self) -> None:
+        """Rows whose reply was cancelled leave before the next pass."""
+        for row in [r for r in self._filling if r.request.stop.is_set()]:
+            self._filling.remove(row)
+            row.request.done(None)
+        for row in [r for r in self._rows if r.request.stop.is_set()]:
+            self._leave(row)
+            row.request.done(None)
 
-    def _step(self) -> None:
-        torch = self._torch
-        rows = self._rows
+    def _pass(self) -> None:
+        from bot.generation.llama import Segment
+
+        rows = list(self._rows)
+        ids = [r.next_token for r in rows]
+        segments = [Segment(r.slot, r.length, 1) for r in rows]
+        reading: list[_Row] = []
+        budget = self.chunk
+        for row in self._filling:
+            if budget <= 0:
+                break
+            count = min(len(row.request.prompt) - row.length, budget)
+            ids.extend(row.request.prompt[row.length : row.length + count])
+            segments.append(Segment(row.slot, row.length, count))
+            reading.append(row)
+            budget -= count
         self.steps += 1
         self.widest = max(self.widest, len(rows))
-        ids = torch.tensor([[r.next_token] for r in rows], device=self._device)
-        positions = torch.tensor([[r.length] for r in rows], device=self._device)
-        mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
-        out = self._model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
-        self._mask = mask
-        logits = out.logits[:, -1]
-        keep = []
-        for i, row in enumerate(rows):
+        logits = self._model.forward(self._slab, ids, segments, decoding=len(rows))
+        # Every row's cache grew in this pass: count it before any row moves.
+        for row in rows:
             row.length += 1
             row.tokens.append(row.next_token)
-            if self._accept(row, logits[i]):
-                keep.append(i)
-            elif not row.request.stop.is_set():
-                self._keep_finished(i, row)
-        if len(keep) == len(rows):
-            return
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        index = torch.tensor(keep, device=self._device)
-        self._cache.batch_select_indices(index)
-        self._mask = self._mask[index]
-        self._rows = [rows[i] for i in keep]
-        # Columns that are padding in every remaining row are dropped.
-        trim = int((self._mask.shape[1] - self._mask.sum(dim=1)).min())
-        if trim > 0:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[:, :, trim:]
-                layer.values = layer.values[:, :, trim:]
-            self._mask = self._mask[:, trim:]
+        for row, segment in zip(reading, segments[len(rows) :], strict=True):
+            row.length += segment.count
+        for i, row in enumerate(rows):
+            if not self._accept(row, logits[i]):
+                self._keep_finished(row)
+                self._leave(row)
+        for j, row in enumerate(reading):
+            if row.length < len(row.request.prompt):
+                continue
+            self._filling.remove(row)
+            # The prompt's KV is kept for later prompts sharing its start.
+            if self.prefixes.capacity:
+                self.prefixes.add(row.tokens, self._slab.read(row.slot, row.length))
+            if self._accept(row, logits[len(rows) + j]):
+                self._promote(row)
 
-    def _keep_finished(self, index: int, row: _Row) -> None:
+    def _promote(self, row: _Row) -> None:
+        """A row whose prompt is read moves to the slot after the decoding rows,
+        trading places with the joining row there, if any."""
+        target = len(self._rows)
+        if row.slot != target:
+            occupant = next((r for r in self._filling if r.slot == target), None)
+            held = self._slab.read(target, occupant.length) if occupant else None
+            self._slab.move(row.slot, target, row.length)
+            if occupant is not None:
+                self._slab.write(row.slot, held)
+                occupant.slot = row.slot
+            row.slot = target
+        self._rows.append(row)
+
+    def _leave(self, row: _Row) -> None:
+        """A decoding row goes; the last one takes its slot."""
+        last = self._rows.pop()
+        if last is not row:
+            index = self._rows.index(row)
+            self._slab.move(last.slot, row.slot, last.length)
+            last.slot = row.slot
+            self._rows[index] = last
+
+    def _keep_finished(self, row: _Row) -> None:
         """Keep a finished row's KV (prompt and reply): the conversation's next prompt
         starts with both."""
-        if not self.prefixes.capacity or self._cache is None or row.length < MIN_REUSE:
+        if not self.prefixes.capacity or row.length < MIN_REUSE or row.request.stop.is_set():
             return
-        layers = [
-            (layer.keys[index : index + 1, :, -row.length :].clone(),
-             layer.values[index : index + 1, :, -row.length :].clone())
-            for layer in self._cache.layers
-        ]  # fmt: skip
-        self.prefixes.add(row.tokens[: row.length], layers)
+        self.prefixes.add(row.tokens[: row.length], self._slab.read(row.slot, row.length))
 
     def _accept(self, row: _Row, logits: Any) -> bool:
         """Choose the row's next token; False when the row has finished (and was told)."""
@@ -371,21 +369,3 @@ class BatchEngine:
             values = values.masked_fill(drop, float("-inf"))
         probs = values.softmax(dim=-1)
         return int(candidates[torch.multinomial(probs, 1, generator=row.rng)])
-
-
-def _left_pad(states: Any, count: int) -> Any:
-    """[batch, heads, length, dim] with `count` zero positions added on the left."""
-    if count == 0:
-        return states
-    import torch
-
-    pad = states.new_zeros((*states.shape[:2], count, states.shape[3]))
-    return torch.cat([pad, states], dim=2)
-
-
-def _left_pad_mask(mask: Any, count: int) -> Any:
-    if count == 0:
-        return mask
-    import torch
-
-    return torch.cat([mask.new_zeros((mask.shape[0], count)), mask], dim=1)

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
 from bot.generation.batch import BatchEngine, BatchRequest
 from bot.generation.queue import FairQueue
-from bot.generation.tokenizer import ChatTokenizer
+from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
 from bot.generation.weights import Progress, model_dir, offline
 from bot.settings import ModelSettings
 from memory.context import ChatMessage
+
+if TYPE_CHECKING:
+    from bot.generation.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 
@@ -79,40 +84,71 @@ class LocalGenerator:
 
     def __init__(
         self,
-        model: Any,
         tokenizer: Any,
         *,
+        model: Any = None,
+        fast: LlamaModel | None = None,
+        eos_ids: Sequence[int] = (),
+        context_length: int | None = None,
         concurrency: int = 1,
         max_batch: int = 1,
         queue_max: int = 64,
         per_user: int = 2,
         prefix_tokens: int = 0,
     ) -> None:
+        """`model` is a transformers model (one `generate` at a time, and the source of
+        `fast` when that is not given); `fast` runs the batch engine when `max_batch`
+        is above 1. A model `fast` cannot run is served one reply at a time."""
         import torch
 
         self._model = model
         self._tokenizer = tokenizer
         self.tokens = ChatTokenizer(tokenizer)
         self._torch = torch
-        self.device = next(model.parameters()).device
+        if fast is None and model is not None and max_batch > 1:
+            from bot.generation.llama import LlamaModel
+
+            fast = LlamaModel.from_transformers(model)
+            if fast is None:
+                log.warning(
+                    "%s is not a Llama-architecture model: replies are written one at a "
+                    "time (GENERATION_MAX_BATCH is ignored).",
+                    type(model).__name__,
+                )
+                max_batch = 1
+        if fast is None and model is None:
+            raise GenerationError("No model to generate with.")
+        self.fast = fast
+        self.device = fast.device if fast is not None else next(model.parameters()).device
         self._live_waiting = 0
         self._background: set[threading.Event] = set()
         self._preempted: set[threading.Event] = set()
-        eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
+        if model is not None:
+            eos_ids = [*eos_ids, *_as_list(model.generation_config.eos_token_id)]
+        eos = {tokenizer.eos_token_id, *eos_ids}
         self._eos_ids = sorted(i for i in eos if i is not None)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
         # The model's own window: a converted tokenizer's model_max_length is often a
         # placeholder (2,048 for the embedded model, whose config says 8,192).
-        self._context_length = int(model.config.max_position_embeddings)
+        if context_length is None:
+            context_length = (
+                fast.config.context_length
+                if fast is not None
+                else int(model.config.max_position_embeddings)
+            )
+        self._context_length = context_length
+        self._settings = (concurrency, queue_max, per_user)
         self.engine: BatchEngine | None = None
-        if max_batch > 1:
+        if max_batch > 1 and fast is not None:
             self.engine = BatchEngine(
-                model, eos_ids=self._eos_ids, context_length=self._context_length,
+                fast, eos_ids=self._eos_ids, context_length=self._context_length,
                 max_batch=max_batch, prefix_tokens=prefix_tokens,
             )  # fmt: skip
             slots = max_batch
         else:
+            if model is None:
+                raise GenerationError("One reply at a time needs the transformers model.")
             slots = concurrency
         self.queue = FairQueue(slots, max_waiting=queue_max, per_user=per_user)
         self._executor = ThreadPoolExecutor(slots, thread_name_prefix="generate")
@@ -128,15 +164,17 @@ class LocalGenerator:
         per_user: int = 2,
         prefix_tokens: int = 0,
         progress: Progress = lambda _: None,
+        with_transformers: bool = False,
     ) -> LocalGenerator:
-        """Load (blocking: call it in a thread). Never downloads: only local files."""
+        """Load (blocking: call it in a thread). Never downloads: only local files.
+
+        With `max_batch` above 1 and a Llama-architecture model, the weights are read
+        straight from safetensors for the batch engine and transformers' model is not
+        built (faster to start, less memory), unless `with_transformers` asks for it
+        (the benchmark's baseline shares it)."""
         offline()
         import torch
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
         if settings.threads:
             torch.set_num_threads(settings.threads)
         directory = model_dir(settings.path, settings.cache_dir, progress)
@@ -145,32 +183,44 @@ class LocalGenerator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise GenerationError("MODEL_DEVICE is cuda but no CUDA device is available.")
-        # bf16 on CUDA, and on CPUs with AMX matrix units for bf16: there, measured on 2
-        # cores, a 2,000-token prompt prefills in 1.1 s against 3.7 s in float32, and
-        # the process needs half the memory. Without AMX, float32: bf16 then prefilled
-        # 2.5x slower (16.5 s against 6.4 s) and decoded no faster.
-        auto = torch.bfloat16 if device == "cuda" or cpu_has_bf16_matrix_units() else torch.float32
         dtype = {
-            "auto": auto,
+            "auto": torch.bfloat16 if device == "cuda" or cpu_prefers_bf16() else torch.float32,
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
             "float32": torch.float32,
         }[settings.dtype]
+        options: dict[str, Any] = {
+            "concurrency": concurrency, "max_batch": max_batch, "queue_max": queue_max,
+            "per_user": per_user, "prefix_tokens": prefix_tokens,
+        }  # fmt: skip
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+            tokenizer = _load_tokenizer(directory)
+            if max_batch > 1 and not with_transformers:
+                from bot.generation.llama import LlamaModel
+
+                fast = LlamaModel.from_directory(directory, dtype, device)
+                if fast is not None:
+                    return cls(tokenizer, fast=fast, eos_ids=_eos_of(directory), **options)
+            import transformers
+            from transformers import AutoModelForCausalLM
+
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
             model = AutoModelForCausalLM.from_pretrained(
                 str(directory), dtype=dtype, local_files_only=True
             )
         except (OSError, ValueError) as exc:
             raise GenerationError(f"Could not load the model in {directory}: {exc}") from exc
-        if tokenizer.chat_template is None:
-            raise GenerationError(f"The model in {directory} has no chat template.")
         model.to(device)
         model.eval()
-        return cls(
-            model, tokenizer, concurrency=concurrency, max_batch=max_batch,
-            queue_max=queue_max, per_user=per_user, prefix_tokens=prefix_tokens,
-        )  # fmt: skip
+        return cls(tokenizer, model=model, **options)
+
+    def sequential(self) -> LocalGenerator:
+        """Another generator on the same transformers model, one `generate` at a time
+        (the benchmark's baseline)."""
+        if self._model is None:
+            raise GenerationError("Loaded without the transformers model.")
+        return LocalGenerator(self._tokenizer, model=self._model, max_batch=1)
 
     @property
     def context_length(self) -> int:
@@ -344,19 +394,39 @@ def _as_list(value: int | list[int] | None) -> list[int]:
     return [value] if isinstance(value, int) else list(value)
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX-BF16), which
-    makes bf16 the faster dtype on CPU."""
+def cpu_prefers_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16, and AMX-BF16
+    on recent Xeons), which make bf16 the faster dtype on CPU. Measured on 2 cores:
+    with AMX a 2,000-token prompt prefilled in 1.1 s against 3.7 s in float32; on an
+    AMD EPYC with AVX512-BF16 and no AMX, 300 tokens in 0.19 s against 0.46 s and a
+    decode step 27 against 36 ms. Without either, bf16 prefilled 2.5x slower."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     try:
         if probe is not None:
-            return bool(probe()) and bool(torch.cpu._is_avx512_bf16_supported())
+            return bool(probe())
     except (RuntimeError, AttributeError):
         pass
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return "amx_bf16" in info.read()
+            flags = info.read()
     except OSError:
         return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _load_tokenizer(directory: Path) -> Any:
+    tokenizer = load_tokenizer(directory)
+    if tokenizer.chat_template is None:
+        raise GenerationError(f"The model in {directory} has no chat template.")
+    return tokenizer
+
+
+def _eos_of(directory: Path) -> list[int]:
+    """The end tokens named in the model's generation_config.json."""
+    try:
+        config = json.loads((directory / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return _as_list(config.get("eos_token_id"))
