@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="measure generation under load against sequential generate()"
     )
     load.add_argument("--users", default="1,4,8,16", help="concurrency levels (default 1,4,8,16)")
-    load.add_argument("--requests", type=int, default=2, help="messages per user (default 2)")
+    load.add_argument(
+        "--seconds", type=float, default=30.0,
+        help="how long each level (and the baseline) runs (default 30)",
+    )  # fmt: skip
     load.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     load.add_argument("--no-cold-start", action="store_true", help="skip the cold-start runs")
     load.add_argument(
@@ -169,8 +172,8 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError:
         print("--users takes numbers separated by commas, like 1,4,8,16.", file=sys.stderr)
         return EXIT_SETTINGS
-    if not levels or levels[0] < 1 or args.requests < 1 or args.max_new_tokens < 1:
-        print("--users, --requests and --max-new-tokens must be at least 1.", file=sys.stderr)
+    if not levels or levels[0] < 1 or args.seconds < 1 or args.max_new_tokens < 1:
+        print("--users, --seconds and --max-new-tokens must be at least 1.", file=sys.stderr)
         return EXIT_SETTINGS
     if args.png is not None and importlib.util.find_spec("matplotlib") is None:
         print("--png needs matplotlib: `scripts/setup.sh dev` installs it.", file=sys.stderr)
@@ -178,7 +181,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     result = await bench(
         settings,
         levels=levels,
-        requests_per_user=args.requests,
+        seconds=args.seconds,
         max_new_tokens=args.max_new_tokens,
         cold=not args.no_cold_start,
         out=args.out,

@@ -1,16 +1,21 @@
 """`python -m bot bench`: generation under load, in one process and one run.
 
-1. Baseline: the same requests one at a time through transformers' `generate`
-   (`GENERATION_MAX_BATCH=1` path: sequential, no batching).
+1. Baseline: the 8-member workload one request at a time through transformers'
+   `generate` (the `GENERATION_MAX_BATCH=1` path: sequential, no batching), on the
+   same weights.
 2. The bot's generator (continuous batching, the fair queue) with 1, 4, 8 and 16
-   simulated users at once. Each user has a remembered conversation in a real Redis
-   and sends chat messages in turn; every prompt is built by the real context builder.
+   simulated members at once, each level for the same time. Each member has a
+   remembered conversation in a real Redis (their own) and sends a message, reads the
+   reply, sends the next; every prompt is built by the real context builder and every
+   exchange stored as the bot stores it, so a conversation grows as it goes.
 3. Cold start, process start to first token, in a child process: with the converted
    weights cached, and with an empty cache (conversion included).
 
-Reported: aggregate tokens/s and its ratio to the baseline, time to first token p50
-and p95, per-token latency, peak RSS; as JSON, and a PNG of throughput and TTFT
-against concurrency. The figures are for comparison within one run on one machine.
+Reported: aggregate tokens/s (tokens streamed within the level's time) and its ratio
+to the baseline, time to first token p50 and p95 (and p95 for members' first messages
+and for their later ones apart), per-token latency, peak RSS; as JSON, and a PNG of
+throughput and TTFT against concurrency. The figures are for comparison within one
+run on one machine.
 """
 
 from __future__ import annotations
@@ -53,12 +58,26 @@ MESSAGES = [
     "What is a good animated film for a family evening?",
     "Who composed the music for Interstellar, and what else did they score?",
 ]
+# Each simulated member's remembered conversation is drawn from these (a different
+# draw per member, and their own name), so members share only the system prompt.
 HISTORY = [
     ("I love science fiction films, especially slow ones.", "Then try Arrival or Solaris."),
     ("I watched Arrival last week and loved the ending.", "Its ending rewards a rewatch."),
     ("My favourite band is Radiohead.", "OK Computer is a great place to start."),
     ("I don't like horror much.", "Noted: I'll keep horror out of suggestions."),
+    ("I play a lot of strategy games on weekends.", "Civilization VI or Into the Breach?"),
+    ("My favourite book is Dune.", "Then the audiobook and the two new films are worth it."),
+    ("I listen to history podcasts on my commute.", "Hardcore History is a long classic."),
+    ("I finished Dark and Severance this month.", "Both reward a second watch."),
+    ("My favourite director is Denis Villeneuve.", "Sicario and Prisoners are his tensest."),
+    ("I can't stand musicals.", "Understood: no musicals."),
+    ("My daughter loves Studio Ghibli films.", "My Neighbor Totoro is a gentle start."),
+    ("I'm into jazz lately, mostly Coltrane.", "A Love Supreme is essential listening."),
+    ("I prefer short books I can finish in a weekend.", "Novellas it is, then."),
+    ("I've been replaying Hollow Knight.", "Silksong continues that world."),
 ]
+HISTORY_TURNS = 10  # exchanges remembered per member before the benchmark starts
+CONVERSATION_TURNS = 4  # messages a member sends before starting a new conversation
 
 
 @dataclass
@@ -68,6 +87,7 @@ class Rig:
     store: MemoryStore
     policy: WindowPolicy
     params: GenerationParams
+    history: bool  # members have a remembered conversation before they speak
 
 
 @dataclass
@@ -75,95 +95,160 @@ class Result:
     ttft: float  # seconds from asking to the first piece
     duration: float  # seconds from asking to the last piece
     tokens: int
+    prompt_tokens: int
+    first: bool  # the member's first message in the run
 
 
 def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def seed_memory(store: MemoryStore, users: int, counter: LocalGenerator) -> None:
-    for u in range(users):
-        turns = []
-        for i, (said, answer) in enumerate(HISTORY * 3):
-            at = 1_700_000_000.0 + i * 60
-            turns.append(Turn(role="user", text=said, time=at, message_id=f"m{u}-{i}",
-                              tokens=counter.count_tokens(said)))  # fmt: skip
-            turns.append(Turn(role="assistant", text=answer, time=at + 1, message_id=None,
-                              tokens=counter.count_tokens(answer)))  # fmt: skip
-        for j in range(0, len(turns), 2):
-            await store.append(Scope("bench"), f"user{u}", turns[j], turns[j + 1])
+async def seed_conversation(
+    store: MemoryStore, scope: Scope, who: str, seed: int, counter: LocalGenerator
+) -> None:
+    """What a member said before the benchmark: a name and a draw of `HISTORY`."""
+    rng = random.Random(seed)
+    history = [(f"Hi, I'm Member{seed}.", f"Nice to meet you, Member{seed}!")]
+    history += [rng.choice(HISTORY) for _ in range(HISTORY_TURNS - 1)]
+    for i, (said, answer) in enumerate(history):
+        at = 1_700_000_000.0 + i * 60
+        await store.append(
+            scope, who,
+            Turn(role="user", text=said, time=at, message_id=f"{who}-{i}",
+                 tokens=counter.count_tokens(said)),
+            Turn(role="assistant", text=answer, time=at + 1,
+                 tokens=counter.count_tokens(answer)),
+        )  # fmt: skip
 
 
-async def one_request(gen: LocalGenerator, rig: Rig, user: int, message: str) -> Result:
+def message(user: int, turn: int) -> str:
+    """A member's `turn`-th message (the same in the baseline and in each level)."""
+    return random.Random(user * 1000 + turn).choice(MESSAGES)
+
+
+async def one_request(
+    gen: LocalGenerator, rig: Rig, scope: Scope, user: int, *, turn: int, deadline: float
+) -> Result:
+    """One chat message as the bot handles it: the window built from memory, the reply
+    streamed, then both turns stored (so the member's next prompt extends this one).
+    Tokens streamed after `deadline` are not counted, and the reply is stopped there
+    (once its first token came: every request's waiting time is measured)."""
+    # A member's conversation lasts CONVERSATION_TURNS messages, then they start
+    # another: conversations are as long in every level and in the baseline, however
+    # fast each goes.
+    conversation, position = divmod(turn, CONVERSATION_TURNS)
+    who = f"user{user}-{conversation}"
+    if position == 0 and rig.history:
+        await seed_conversation(rig.store, scope, who, user * 1000 + conversation, gen)
     asked = time.perf_counter()
+    text = message(user, turn)
     window, _ = await assemble_window(
-        rig.store, gen, rig.policy, scope=Scope("bench"), user_id=f"user{user}", system=SYSTEM,
-        message=message, now=time.time(),
+        rig.store, gen, rig.policy, scope=scope, user_id=who, system=SYSTEM,
+        message=text, now=time.time(),
     )  # fmt: skip
     first = 0.0
     pieces = []
     owner = Owner(f"user{user}", "bench")
-    async for piece in gen.stream(window.messages, rig.params, owner=owner):
-        if not first:
-            first = time.perf_counter()
-        pieces.append(piece)
-    end = time.perf_counter()
-    text = "".join(pieces)
-    return Result(first - asked if first else end - asked, end - asked, gen.count_tokens(text))
+    stream = gen.stream(window.messages, rig.params, owner=owner)
+    try:
+        async for piece in stream:
+            now = time.perf_counter()
+            if not first:
+                first = now
+            if now > deadline:
+                break
+            pieces.append(piece)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    end = min(time.perf_counter(), deadline)
+    reply = "".join(pieces)
+    if time.perf_counter() <= deadline:
+        stamp = time.time()
+        await rig.store.append(
+            scope, who,
+            Turn(role="user", text=text, time=stamp, message_id=uuid.uuid4().hex,
+                 tokens=gen.count_tokens(text)),
+            Turn(role="assistant", text=reply or "…", time=stamp,
+                 tokens=gen.count_tokens(reply)),
+        )  # fmt: skip
+    return Result(
+        ttft=(first or end) - asked, duration=max(end - asked, 0.0),
+        tokens=gen.count_tokens(reply), prompt_tokens=len(gen.render(window.messages)),
+        first=position == 0,
+    )  # fmt: skip
 
 
 async def run_level(
-    gen: LocalGenerator, rig: Rig, users: int, requests_per_user: int
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
 ) -> dict[str, Any]:
-    """`users` users at once, each sending `requests_per_user` messages in turn."""
-
-    async def user_loop(u: int) -> list[Result]:
-        rng = random.Random(u)
-        return [
-            await one_request(gen, rig, u, rng.choice(MESSAGES)) for _ in range(requests_per_user)
-        ]
-
+    """`users` members at once for `seconds`: each sends a message, reads the reply,
+    sends the next, until the time is up."""
     start = time.perf_counter()
-    per_user = await asyncio.gather(*(user_loop(u) for u in range(users)))
-    wall = time.perf_counter() - start
-    return summarise([r for rs in per_user for r in rs], wall, users)
+    deadline = start + seconds
+
+    async def member(u: int) -> list[Result]:
+        results, turn = [], 0
+        while time.perf_counter() < deadline:
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+            turn += 1
+        return results
+
+    per_user = await asyncio.gather(*(member(u) for u in range(users)))
+    return summarise([r for rs in per_user for r in rs], seconds, users)
 
 
 def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
     tokens = sum(r.tokens for r in results)
     ttfts = [r.ttft for r in results]
+    firsts = [r.ttft for r in results if r.first]
+    laters = [r.ttft for r in results if not r.first]
     per_token = [(r.duration - r.ttft) / (r.tokens - 1) for r in results if r.tokens > 1]
     return {
         "users": users,
         "requests": len(results),
+        "prompt_tokens_mean": round(sum(r.prompt_tokens for r in results) / len(results)),
         "tokens": tokens,
         "seconds": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1) if wall else 0.0,
         "ttft_p50_s": round(percentile(ttfts, 0.50), 3),
         "ttft_p95_s": round(percentile(ttfts, 0.95), 3),
+        # A member's first message (nothing of it cached) and their later ones (the
+        # conversation so far read already), apart.
+        "ttft_first_p95_s": round(percentile(firsts, 0.95), 3) if firsts else None,
+        "ttft_later_p95_s": round(percentile(laters, 0.95), 3) if laters else None,
         "per_token_ms": round(1000 * sum(per_token) / len(per_token), 1) if per_token else 0.0,
         "peak_rss_mb": round(rss_peak_mb(), 1),
     }
 
 
-async def baseline(gen: LocalGenerator, rig: Rig, requests: int) -> dict[str, Any]:
-    """The same kind of requests strictly one after another through `generate`."""
-    rng = random.Random(0)
+async def baseline(
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
+) -> dict[str, Any]:
+    """The `users`-member workload (the same conversations, the same messages) strictly
+    one request after another through `generate`, for `seconds`."""
     start = time.perf_counter()
-    results = [await one_request(gen, rig, i % 8, rng.choice(MESSAGES)) for i in range(requests)]
-    return summarise(results, time.perf_counter() - start, 1)
+    deadline = start + seconds
+    results, turn = [], 0
+    while time.perf_counter() < deadline:
+        for u in range(users):
+            if time.perf_counter() >= deadline:
+                break
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+        turn += 1
+    return summarise(results, seconds, 1)
 
 
-def cold_start(cache_dir: Path) -> float:
-    """Seconds from starting a Python process to its first generated token."""
+def cold_start(cache_dir: Path) -> tuple[float, float]:
+    """Seconds from starting a Python process to its first generated token, and that
+    process's peak RSS in MB."""
     env = {**os.environ, "MODEL_CACHE_DIR": str(cache_dir)}
     started = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "bot.bench_generation", "--first-token"],
         env=env, capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
-    first = float(out.stdout.strip().splitlines()[-1])
-    return round(first - started, 2)
+    first, rss = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    return round(first - started, 2), round(rss, 1)
 
 
 def _first_token() -> None:
@@ -175,7 +260,7 @@ def _first_token() -> None:
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi!"}]
         params = GenerationParams(max_new_tokens=4, temperature=0.0)
         async for _ in gen.stream(messages, params):
-            print(f"{time.time():.3f}", flush=True)
+            print(f"{time.time():.3f} {rss_peak_mb():.1f}", flush=True)
             break
 
     asyncio.run(go())
@@ -212,7 +297,7 @@ async def main(
     settings: Settings,
     *,
     levels: list[int],
-    requests_per_user: int,
+    seconds: float,
     max_new_tokens: int,
     cold: bool,
     out: Path | None,
@@ -227,18 +312,19 @@ async def main(
     # after the levels against 4.5-4.8 s on an idle machine).
     cold_start_s: dict[str, float] = {}
     if cold:
-        cold_start_s["cold_start_cached_s"] = await asyncio.to_thread(
-            cold_start, settings.model.cache_dir
-        )
+        cached, rss = await asyncio.to_thread(cold_start, settings.model.cache_dir)
+        cold_start_s["cold_start_cached_s"] = cached
+        cold_start_s["cold_start_peak_rss_mb"] = rss
         with tempfile.TemporaryDirectory() as empty:
-            cold_start_s["cold_start_uncached_s"] = await asyncio.to_thread(cold_start, Path(empty))
+            uncached, _ = await asyncio.to_thread(cold_start, Path(empty))
+            cold_start_s["cold_start_uncached_s"] = uncached
     width = max(settings.generation.max_batch, *levels)
     batched = LocalGenerator.load(
         settings.model, max_batch=width, per_user=2, queue_max=max(64, 4 * max(levels)),
-        prefix_tokens=settings.generation.prefix_cache_tokens,
+        prefix_tokens=settings.generation.prefix_cache_tokens, with_transformers=True,
     )  # fmt: skip
     # The baseline shares the loaded model: one request at a time through generate().
-    lone = LocalGenerator(batched._model, batched._tokenizer, max_batch=1)
+    lone = batched.sequential()
     budget = context_budget(batched.context_length, max_new_tokens, 16,
                             settings.generation.max_context_tokens)  # fmt: skip
     policy = WindowPolicy(budget=budget)
@@ -246,7 +332,7 @@ async def main(
     prefix = "mbbench" + uuid.uuid4().hex[:8]
     result: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
-        "requests_per_user": requests_per_user,
+        "seconds_per_level": seconds,
         "batch_width": width,
         "torch_threads": __import__("torch").get_num_threads(),
         "remembered_history": history,
@@ -254,17 +340,19 @@ async def main(
     try:
         async with open_redis(url, data_dir=settings.redis.data_dir) as client:
             store = MemoryStore(client, keys=Keys(prefix))
-            rig = Rig(store, policy, params)
+            rig = Rig(store, policy, params, history)
             try:
-                if history:
-                    await seed_memory(store, max(*levels, 8), batched)
                 # Warm-up: the first forward passes are slower.
-                await one_request(batched, rig, 0, MESSAGES[0])
-                result["baseline"] = await baseline(
-                    lone, rig, requests=min(levels[-1], 8) * requests_per_user
+                await one_request(
+                    batched, rig, Scope("warm-up"), 0, turn=0, deadline=time.perf_counter() + 60
                 )
+                # The baseline runs the 8-member workload (the same conversations and
+                # messages as the 8-member level), one request at a time.
+                members = min(max(levels), 8)
+                scope = Scope("baseline")
+                result["baseline"] = await baseline(lone, rig, scope, members, seconds)
                 result["batched"] = await run_levels(
-                    batched, rig, levels, requests_per_user, result["baseline"]["tokens_per_s"]
+                    batched, rig, levels, seconds, result["baseline"]["tokens_per_s"]
                 )
             finally:
                 async for key in client.scan_iter(match=f"{prefix}:*"):
@@ -293,25 +381,40 @@ async def main(
 
 
 async def run_levels(
-    batched: LocalGenerator, rig: Rig, levels: list[int], requests_per_user: int, base: float
+    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float
 ) -> list[dict[str, Any]]:
-    """Each concurrency level, with the prefix cache's share of the prefill."""
+    """Each concurrency level, in its own conversations (seeded alike), with the prefix
+    cache's share of the prompts."""
     engine = batched.engine
     out = []
     for users in levels:
+        scope = Scope(f"level-{users}")
         # Each level starts with an empty prefix cache: conservative, and levels do not
         # depend on their order.
-        hits = reused = 0
         if engine is not None:
             engine.prefixes.clear()
-            hits, reused = engine.prefixes.hits, engine.prefixes.reused
-        level = await run_level(batched, rig, users, requests_per_user)
+            before = engine_counts(engine)
+        level = await run_level(batched, rig, scope, users, seconds)
         if engine is not None:
-            level["prefix_hits"] = engine.prefixes.hits - hits
-            level["prefix_reused_tokens"] = engine.prefixes.reused - reused
+            counts = {k: v - before[k] for k, v in engine_counts(engine).items()}
+            level["prefix_hits"] = counts["hits"]
+            level["prefix_reused_tokens"] = counts["reused"]
+            level["prompt_tokens_read"] = counts["read"]
+            level["passes"] = counts["steps"]
+            level["rows_per_pass"] = round(counts["decoded"] / max(counts["steps"], 1), 2)
+            # Share of the level's time the model was computing (the rest: waiting for
+            # members' next messages, building windows, storing turns).
+            level["model_busy"] = round(counts["busy_s"] / level["seconds"], 2)
         level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2)
         out.append(level)
     return out
+
+
+def engine_counts(engine: Any) -> dict[str, float]:
+    return {
+        "hits": engine.prefixes.hits, "reused": engine.prefixes.reused, "read": engine.read,
+        "steps": engine.steps, "decoded": engine.decoded, "busy_s": engine.busy_s,
+    }  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
@@ -325,7 +428,9 @@ def report(result: dict[str, Any]) -> str:
             f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline']:>10}  "
             f"{lv['ttft_p50_s']:>8}  {lv['ttft_p95_s']:>8}  {lv['per_token_ms']:>8}"
         )
-    for key in ("cold_start_cached_s", "cold_start_uncached_s", "peak_rss_mb"):
+    for key in (
+        "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",
+    ):  # fmt: skip
         if key in result:
             lines.append(f"{key}: {result[key]}")
     return "\n".join(lines)

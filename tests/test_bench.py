@@ -18,21 +18,25 @@ async def test_the_benchmark_reports_every_level_and_plots(
     settings = make_settings(keys, redis_url)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = await main(
-        settings, levels=[1, 3], requests_per_user=1, max_new_tokens=4, cold=False,
+        settings, levels=[1, 3], seconds=3, max_new_tokens=4, cold=False,
         out=out, png=png,
     )  # fmt: skip
     assert json.loads(out.read_text()) == result
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result["baseline"]["requests"] == 3
+    assert result["baseline"]["requests"] >= 3  # the 3-member workload, in sequence
     assert [lv["users"] for lv in result["batched"]] == [1, 3]
     for level in result["batched"]:
-        assert level["requests"] == level["users"]
+        assert level["requests"] >= 2 * level["users"]  # each member said more than once
+        assert level["prompt_tokens_mean"] > 150  # each member's remembered conversation
+        assert level["ttft_first_p95_s"] > 0 and level["ttft_later_p95_s"] > 0
         assert level["tokens"] > 0 and level["tokens_per_s"] > 0
         assert 0 < level["ttft_p50_s"] <= level["ttft_p95_s"]
         assert level["ratio_to_baseline"] > 0
-    # With remembered conversations, every prompt starts like the others (the shared
-    # system prompt): the prefix cache is used from the first request of a level on.
-    assert all(level["prefix_hits"] >= level["requests"] - 1 for level in result["batched"])
-    assert result["batched"][-1]["prefix_reused_tokens"] > 0
+    # Every prompt starts like the others (the shared system prompt): the prefix cache
+    # is used from the first request of a level on; and a member's second message
+    # extends the first exchange, stored as the bot stores it, so it reuses more.
+    for level in result["batched"]:
+        assert level["prefix_hits"] >= level["requests"] - 1
+        assert level["prefix_reused_tokens"] > level["users"] * level["prompt_tokens_mean"] / 2
     assert result["peak_rss_mb"] > 100
     assert "x baseline" in report(result)

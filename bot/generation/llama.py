@@ -1,5 +1,6 @@
 """A compact forward pass for Llama-architecture causal LMs (the embedded SmolLM2,
-Llama, TinyLlama and their kin), written for the batch engine.
+Llama 2 and 3, TinyLlama, Qwen2 and 2.5, Mistral without a sliding window), written
+for the batch engine.
 
 Why not the transformers model: on a 2-core CPU its per-step Python overhead (mask
 building, cache objects, wrappers around every layer) costs as much as the arithmetic
@@ -40,18 +41,33 @@ class LlamaConfig:
     vocab: int
     tied: bool
     context_length: int
+    attention_bias: bool = False
+    rope_llama3: tuple[float, float, float, int] | None = None  # factor, low, high, original
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> LlamaConfig | None:
-        """The config of a model this module can run, or None (another architecture,
-        or a Llama variant it does not implement: biases, scaled rotary embeddings)."""
-        if config.get("model_type") != "llama" or config.get("hidden_act", "silu") != "silu":
+        """The config of a model this module can run (Llama, with Llama 3's scaled
+        rotary embeddings or not; Qwen2, which adds biases to q, k and v; Mistral
+        without a sliding window), or None."""
+        kind = config.get("model_type")
+        if kind not in {"llama", "qwen2", "mistral"} or config.get("hidden_act", "silu") != "silu":
             return None
-        if config.get("attention_bias") or config.get("mlp_bias"):
+        if config.get("mlp_bias") or (kind != "llama" and config.get("sliding_window")
+                                      and config.get("use_sliding_window", True)):  # fmt: skip
             return None
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            return None
+        llama3 = None
+        match rope.get("rope_type", rope.get("type", "default")):
+            case "default":
+                pass
+            case "llama3":
+                llama3 = (
+                    float(rope["factor"]), float(rope["low_freq_factor"]),
+                    float(rope["high_freq_factor"]),
+                    int(rope["original_max_position_embeddings"]),
+                )  # fmt: skip
+            case _:
+                return None
         theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
@@ -67,7 +83,36 @@ class LlamaConfig:
             vocab=int(config["vocab_size"]),
             tied=bool(config.get("tie_word_embeddings", False)),
             context_length=int(config.get("max_position_embeddings", 2048)),
+            attention_bias=kind == "qwen2" or bool(config.get("attention_bias")),
+            rope_llama3=llama3,
         )
+
+    def inverse_frequencies(self, device: Any) -> Any:
+        """The rotary embedding's frequencies (Llama 3's long-context rescaling:
+        long wavelengths slowed by `factor`, a smooth blend between the two bounds)."""
+        half = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
+        inv = 1.0 / (self.rope_theta ** (half.float() / self.head_dim))
+        if self.rope_llama3 is None:
+            return inv
+        factor, low, high, original = self.rope_llama3
+        wavelength = 2 * math.pi / inv
+        slowed = torch.where(wavelength > original / low, inv / factor, inv)
+        blend = (original / wavelength - low) / (high - low)
+        smoothed = (1 - blend) * slowed / factor + blend * slowed
+        medium = (wavelength >= original / high) & (wavelength <= original / low)
+        return torch.where(medium, smoothed, slowed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    attention_norm: Any
+    qkv: Any  # q, k and v projections, stacked
+    qkv_bias: Any
+    out: Any
+    out_bias: Any
+    mlp_norm: Any
+    gate_up: Any  # gate and up projections, stacked
+    down: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,19 +179,25 @@ class LlamaModel:
         self.lm_head = self.embed if config.tied else w.get("lm_head.weight", self.embed)
         self.dtype = self.embed.dtype
         self.device = self.embed.device
-        self.layers = [
-            tuple(
-                w[f"layers.{i}.{name}.weight"]
-                for name in (
-                    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                    "self_attn.v_proj", "self_attn.o_proj", "post_attention_layernorm",
-                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        # Per layer: q, k and v in one matrix, gate and up in another (fewer, larger
+        # products: a decode pass is mostly the cost of launching operations).
+        self.layers = []
+        for i in range(config.layers):
+            p = f"layers.{i}."
+            biases = [w.get(f"{p}self_attn.{n}_proj.bias") for n in "qkv"]
+            self.layers.append(
+                _Layer(
+                    attention_norm=w[f"{p}input_layernorm.weight"],
+                    qkv=torch.cat([w[f"{p}self_attn.{n}_proj.weight"] for n in "qkv"]),
+                    qkv_bias=torch.cat(biases) if biases[0] is not None else None,  # type: ignore[arg-type]
+                    out=w[f"{p}self_attn.o_proj.weight"],
+                    out_bias=w.get(f"{p}self_attn.o_proj.bias"),
+                    mlp_norm=w[f"{p}post_attention_layernorm.weight"],
+                    gate_up=torch.cat([w[f"{p}mlp.gate_proj.weight"], w[f"{p}mlp.up_proj.weight"]]),
+                    down=w[f"{p}mlp.down_proj.weight"],
                 )
             )
-            for i in range(config.layers)
-        ]  # fmt: skip
-        half = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=self.device)
-        self.inv_freq = 1.0 / (config.rope_theta ** (half.float() / config.head_dim))
+        self.inv_freq = config.inverse_frequencies(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
     @classmethod
@@ -171,11 +222,26 @@ class LlamaModel:
 
     @classmethod
     def from_transformers(cls, model: Any) -> LlamaModel | None:
-        """Share the weights of a loaded transformers model (no copy), or None."""
+        """Run a loaded transformers model's weights, or None. No copy stays: its q, k
+        and v (and gate and up) weights become views of the joined matrices."""
         config = LlamaConfig.of(model.config.to_dict())
         if config is None:
             return None
-        return cls(config, {k: v.detach() for k, v in model.state_dict().items()})
+        ours = cls(config, {k: v.detach() for k, v in model.state_dict().items()})
+        c = config
+        q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
+        for layer, theirs in zip(ours.layers, model.model.layers, strict=True):
+            attention, mlp = theirs.self_attn, theirs.mlp
+            attention.q_proj.weight.data = layer.qkv[:q]
+            attention.k_proj.weight.data = layer.qkv[q : q + kv]
+            attention.v_proj.weight.data = layer.qkv[q + kv :]
+            if layer.qkv_bias is not None:
+                attention.q_proj.bias.data = layer.qkv_bias[:q]
+                attention.k_proj.bias.data = layer.qkv_bias[q : q + kv]
+                attention.v_proj.bias.data = layer.qkv_bias[q + kv :]
+            mlp.gate_proj.weight.data = layer.gate_up[: c.intermediate]
+            mlp.up_proj.weight.data = layer.gate_up[c.intermediate :]
+        return ours
 
     def slab(self, slots: int) -> KVSlab:
         return KVSlab(self.config, slots, self.dtype, self.device)
@@ -186,10 +252,9 @@ class LlamaModel:
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
     def _norm(self, x: Any, weight: Any) -> Any:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.eps)
-        return weight * x.to(dtype)
+        """RMSNorm computed in float32, scaled in the model's dtype (as transformers)."""
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.config.eps)
+        return weight * normed.to(x.dtype)
 
     def forward(
         self,
@@ -213,22 +278,23 @@ class LlamaModel:
         slab.ensure(int(max(s.start + s.count for s in segments)))
         cos, sin = self._rope(positions)
         cos, sin = cos[:, None, :], sin[:, None, :]
-        masks = self._masks(segments, decoding)
+        masks = self._masks(segments, decoding, slab.capacity)
         x = self.embed[torch.tensor(ids, device=device)]
         n = len(ids)
-        for i, (ln1, wq, wk, wv, wo, ln2, wg, wu, wd) in enumerate(self.layers):
-            h = self._norm(x, ln1)
-            q = _rotate(F.linear(h, wq).view(n, c.heads, c.head_dim), cos, sin)
-            k = _rotate(F.linear(h, wk).view(n, c.kv_heads, c.head_dim), cos, sin)
-            v = F.linear(h, wv).view(n, c.kv_heads, c.head_dim)
+        heads, kv = c.heads, c.kv_heads
+        for i, layer in enumerate(self.layers):
+            h = self._norm(x, layer.attention_norm)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias).view(n, heads + 2 * kv, c.head_dim)
+            qk = _rotate(qkv[:, : heads + kv], cos, sin)  # q and k rotated together
             keys, values = slab.data[i, 0], slab.data[i, 1]
-            keys[slots, :, positions] = k
-            values[slots, :, positions] = v
-            x = x + F.linear(
-                self._attend(q, keys, values, segments=segments, decoding=decoding, masks=masks), wo
+            keys[slots, :, positions] = qk[:, heads:]
+            values[slots, :, positions] = qkv[:, heads + kv :]
+            attended = self._attend(
+                qk[:, :heads], keys, values, segments=segments, decoding=decoding, masks=masks
             )
-            h = self._norm(x, ln2)
-            x = x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+            x = x + F.linear(attended, layer.out, layer.out_bias)
+            gate, up = F.linear(self._norm(x, layer.mlp_norm), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
         last = []
         offset = 0
         for s in segments:
@@ -237,13 +303,17 @@ class LlamaModel:
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
         return F.linear(x, self.lm_head)
 
-    def _masks(self, segments: list[Segment], decoding: int) -> list[Any]:
-        """Per attention call: the boolean mask of what each query token may see."""
+    def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Any]:
+        """Per attention call: the boolean mask of what each query token may see, over
+        a width rounded up to `WIDTH_STEP` columns (the rest masked). Every distinct
+        width is a new shape for the CPU's matrix library, which keeps a prepared
+        kernel for each: unrounded, the process grew by about 1 MB per token of
+        conversation (measured: 0.58 to 1.9 GB over 16 turns of one chat)."""
         device = self.device
         masks: list[Any] = []
         if decoding:
             ends = torch.tensor([s.start for s in segments[:decoding]], device=device)
-            width = int(ends.max()) + 1
+            width = _rounded(int(ends.max()) + 1, capacity)
             masks.append(
                 (torch.arange(width, device=device)[None, :] <= ends[:, None])[:, None, None, :]
             )
@@ -251,7 +321,8 @@ class LlamaModel:
             if s.start == 0:
                 masks.append(None)  # a prompt from its start: plain causal attention
             else:
-                seen = torch.arange(s.start + s.count, device=device)[None, :]
+                width = _rounded(s.start + s.count, capacity)
+                seen = torch.arange(width, device=device)[None, :]
                 mine = torch.arange(s.start, s.start + s.count, device=device)[:, None]
                 masks.append((seen <= mine)[None, None])
         return masks
@@ -263,20 +334,24 @@ class LlamaModel:
         c = self.config
         out = []
         if decoding:
+            # One query per row: written out, grouped by KV head (query head h reads
+            # KV head h // group, as transformers' repeat_kv), with the softmax in
+            # float32. On CPU in bf16 this is 3.7x faster than SDPA with a mask
+            # (0.38 against 1.43 ms a layer for 8 rows of 450 tokens); in float32 alike.
             width = masks[0].shape[-1]
-            out.append(
-                F.scaled_dot_product_attention(
-                    q[:decoding, :, None, :],  # [rows, heads, 1, dim]
-                    keys[:decoding, :, :width],
-                    values[:decoding, :, :width],
-                    attn_mask=masks[0],
-                    scale=self.scale,
-                    enable_gqa=True,
-                ).reshape(decoding, c.heads * c.head_dim)
-            )
+            group = c.heads // c.kv_heads
+            query = q[:decoding].view(decoding, c.kv_heads, group, c.head_dim)
+            # keys @ query^T, transposed: the slab's rows are read in their own order
+            # (twice as fast as query @ keys^T on this CPU in bf16).
+            scores = torch.matmul(keys[:decoding, :, :width], query.transpose(-1, -2))
+            scores = scores.transpose(-1, -2)
+            scores = (scores.float() * self.scale).masked_fill(~masks[0], float("-inf"))
+            probs = scores.softmax(dim=-1).to(q.dtype)
+            attended = torch.matmul(probs, values[:decoding, :, :width])
+            out.append(attended.reshape(decoding, c.heads * c.head_dim))
         offset = decoding
         for s, mask in zip(segments[decoding:], masks[1 if decoding else 0 :], strict=True):
-            end = s.start + s.count
+            end = s.count if mask is None else mask.shape[-1]
             query = q[offset : offset + s.count].transpose(0, 1)[None]  # [1, heads, n, dim]
             attended = F.scaled_dot_product_attention(
                 query,
@@ -290,6 +365,13 @@ class LlamaModel:
             out.append(attended[0].transpose(0, 1).reshape(s.count, c.heads * c.head_dim))
             offset += s.count
         return out[0] if len(out) == 1 else torch.cat(out)
+
+
+WIDTH_STEP = 128
+
+
+def _rounded(width: int, capacity: int) -> int:
+    return min(-(-width // WIDTH_STEP) * WIDTH_STEP, capacity)
 
 
 def _rotate(x: Any, cos: Any, sin: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -87,7 +88,8 @@ class LocalGenerator:
         tokenizer: Any,
         *,
         model: Any = None,
-        fast: LlamaModel | None = None,
+        fast: LlamaModel | Callable[[], LlamaModel] | None = None,
+        runner: BatchEngine | None = None,
         eos_ids: Sequence[int] = (),
         context_length: int | None = None,
         concurrency: int = 1,
@@ -96,30 +98,32 @@ class LocalGenerator:
         per_user: int = 2,
         prefix_tokens: int = 0,
     ) -> None:
-        """`model` is a transformers model (one `generate` at a time, and the source of
-        `fast` when that is not given); `fast` runs the batch engine when `max_batch`
-        is above 1. A model `fast` cannot run is served one reply at a time."""
+        """`model` is a transformers model: replies one `generate` at a time, or the
+        source of the batch engine's weights; `fast` is the engine's model (or the
+        function that loads it, run on the engine's thread) when `max_batch` is above 1.
+        A model the engine cannot run is served one reply at a time. `runner`: run
+        `generate` on that engine's thread (a twin sharing its weights)."""
         import torch
+
+        from bot.generation.llama import LlamaConfig
 
         self._model = model
         self._tokenizer = tokenizer
         self.tokens = ChatTokenizer(tokenizer)
         self._torch = torch
+        self._runner = runner
         if fast is None and model is not None and max_batch > 1:
-            from bot.generation.llama import LlamaModel
-
-            fast = LlamaModel.from_transformers(model)
-            if fast is None:
+            if LlamaConfig.of(model.config.to_dict()) is None:
                 log.warning(
                     "%s is not a Llama-architecture model: replies are written one at a "
                     "time (GENERATION_MAX_BATCH is ignored).",
                     type(model).__name__,
                 )
                 max_batch = 1
+            else:
+                fast = functools.partial(_engine_model_of, model)
         if fast is None and model is None:
             raise GenerationError("No model to generate with.")
-        self.fast = fast
-        self.device = fast.device if fast is not None else next(model.parameters()).device
         self._live_waiting = 0
         self._background: set[threading.Event] = set()
         self._preempted: set[threading.Event] = set()
@@ -129,27 +133,30 @@ class LocalGenerator:
         self._eos_ids = sorted(i for i in eos if i is not None)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
+        self.engine: BatchEngine | None = None
+        self.fast: LlamaModel | None = None
+        if max_batch > 1 and fast is not None:
+            limit = context_length or 1 << 30
+            self.engine = BatchEngine(
+                fast, eos_ids=self._eos_ids, context_length=limit, max_batch=max_batch,
+                prefix_tokens=prefix_tokens,
+            )  # fmt: skip
+            self.fast = self.engine.model
+            slots = max_batch
+        else:
+            slots = concurrency
         # The model's own window: a converted tokenizer's model_max_length is often a
         # placeholder (2,048 for the embedded model, whose config says 8,192).
         if context_length is None:
             context_length = (
-                fast.config.context_length
-                if fast is not None
+                self.fast.config.context_length
+                if self.fast is not None
                 else int(model.config.max_position_embeddings)
             )
         self._context_length = context_length
-        self._settings = (concurrency, queue_max, per_user)
-        self.engine: BatchEngine | None = None
-        if max_batch > 1 and fast is not None:
-            self.engine = BatchEngine(
-                fast, eos_ids=self._eos_ids, context_length=self._context_length,
-                max_batch=max_batch, prefix_tokens=prefix_tokens,
-            )  # fmt: skip
-            slots = max_batch
-        else:
-            if model is None:
-                raise GenerationError("One reply at a time needs the transformers model.")
-            slots = concurrency
+        if self.engine is not None:
+            self.engine.context_length = context_length
+        self.device = self.fast.device if self.fast is not None else model.device
         self.queue = FairQueue(slots, max_waiting=queue_max, per_user=per_user)
         self._executor = ThreadPoolExecutor(slots, thread_name_prefix="generate")
 
@@ -168,15 +175,15 @@ class LocalGenerator:
     ) -> LocalGenerator:
         """Load (blocking: call it in a thread). Never downloads: only local files.
 
-        With `max_batch` above 1 and a Llama-architecture model, the weights are read
-        straight from safetensors for the batch engine and transformers' model is not
-        built (faster to start, less memory), unless `with_transformers` asks for it
-        (the benchmark's baseline shares it)."""
+        With `max_batch` above 1 and a Llama-architecture model, the batch engine's
+        thread reads the weights straight from safetensors and transformers' model is
+        not built (faster to start, less memory), unless `with_transformers` asks for
+        it (the benchmark's baseline shares its weights)."""
         offline()
         import torch
 
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        from bot.generation.llama import LlamaConfig, LlamaModel
+
         directory = model_dir(settings.path, settings.cache_dir, progress)
         device = settings.device
         if device == "auto":
@@ -193,14 +200,10 @@ class LocalGenerator:
             "concurrency": concurrency, "max_batch": max_batch, "queue_max": queue_max,
             "per_user": per_user, "prefix_tokens": prefix_tokens,
         }  # fmt: skip
-        try:
-            tokenizer = _load_tokenizer(directory)
-            if max_batch > 1 and not with_transformers:
-                from bot.generation.llama import LlamaModel
 
-                fast = LlamaModel.from_directory(directory, dtype, device)
-                if fast is not None:
-                    return cls(tokenizer, fast=fast, eos_ids=_eos_of(directory), **options)
+        def transformers_model() -> Any:
+            if settings.threads:  # (OpenMP's thread count is set per thread)
+                torch.set_num_threads(settings.threads)
             import transformers
             from transformers import AutoModelForCausalLM
 
@@ -209,18 +212,39 @@ class LocalGenerator:
             model = AutoModelForCausalLM.from_pretrained(
                 str(directory), dtype=dtype, local_files_only=True
             )
+            model.to(device)
+            return model.eval()
+
+        built: list[Any] = []
+
+        def engine_model() -> LlamaModel:
+            """Runs on the engine's thread."""
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
+            if not with_transformers:
+                fast = LlamaModel.from_directory(directory, dtype, device)
+                if fast is not None:
+                    return fast
+            built.append(transformers_model())
+            return _engine_model_of(built[0])
+
+        try:
+            tokenizer = _load_tokenizer(directory)
+            if max_batch > 1 and LlamaConfig.of(_config_of(directory)) is not None:
+                gen = cls(tokenizer, fast=engine_model, eos_ids=_eos_of(directory), **options)
+                gen._model = built[0] if built else None
+                return gen
+            model = transformers_model()
         except (OSError, ValueError) as exc:
             raise GenerationError(f"Could not load the model in {directory}: {exc}") from exc
-        model.to(device)
-        model.eval()
         return cls(tokenizer, model=model, **options)
 
     def sequential(self) -> LocalGenerator:
-        """Another generator on the same transformers model, one `generate` at a time
-        (the benchmark's baseline)."""
+        """A twin on the same transformers model, one `generate` at a time (the
+        benchmark's baseline), run on the engine's thread."""
         if self._model is None:
             raise GenerationError("Loaded without the transformers model.")
-        return LocalGenerator(self._tokenizer, model=self._model, max_batch=1)
+        return LocalGenerator(self._tokenizer, model=self._model, runner=self.engine)
 
     @property
     def context_length(self) -> int:
@@ -323,6 +347,8 @@ class LocalGenerator:
                     stop=stop,
                 )
             )
+        elif self._runner is not None:
+            self._runner.call(functools.partial(self._generate, prompt, params, stop, emit))
         else:
             loop.run_in_executor(self._executor, self._generate, prompt, params, stop, emit)
         try:
@@ -421,6 +447,23 @@ def _load_tokenizer(directory: Path) -> Any:
     if tokenizer.chat_template is None:
         raise GenerationError(f"The model in {directory} has no chat template.")
     return tokenizer
+
+
+def _engine_model_of(model: Any) -> LlamaModel:
+    from bot.generation.llama import LlamaModel
+
+    fast = LlamaModel.from_transformers(model)
+    if fast is None:
+        raise GenerationError(f"{type(model).__name__} is not a Llama-architecture model.")
+    return fast
+
+
+def _config_of(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _eos_of(directory: Path) -> list[int]:

@@ -1,0 +1,103 @@
+"""The batch engine's own forward pass against transformers' implementation of each
+architecture it accepts, on small randomly initialised models (no download): logits of
+a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bot.generation.llama import LlamaConfig, LlamaModel, Segment
+
+SMALL = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96,
+    "max_position_embeddings": 256,
+}  # fmt: skip
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32, "rope_theta": 500000.0,
+}  # fmt: skip
+
+
+def build(kind: str, **extra: Any) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(kind, **SMALL, **extra)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # random biases (they start at zero)
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)
+    return model
+
+
+VARIANTS = {
+    "llama": {},
+    "llama-tied": {"tie_word_embeddings": True},
+    "llama-attention-bias": {"attention_bias": True},
+    "llama3-rope": {"rope_scaling": LLAMA3_ROPE},
+    "qwen2": {},
+    "mistral": {"sliding_window": None},
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_logits_match_transformers(name: str) -> None:
+    kind = name.split("-", maxsplit=1)[0].removesuffix("3")
+    reference = build(kind, **VARIANTS[name])
+    ours = LlamaModel.from_transformers(reference)
+    assert ours is not None
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (40, 23, 57)]
+    with torch.inference_mode():
+        expected = [reference(torch.tensor([p])).logits[0] for p in prompts]
+        slab = ours.slab(4)
+        # Whole, and in two chunks beside another prompt in the same pass.
+        whole = ours.forward(slab, prompts[0], [Segment(0, 0, 40)])
+        torch.testing.assert_close(whole[0], expected[0][-1], atol=1e-4, rtol=1e-4)
+        ours.forward(slab, prompts[1][:10], [Segment(1, 0, 10)])
+        both = ours.forward(
+            slab, prompts[1][10:] + prompts[2], [Segment(1, 10, 13), Segment(2, 0, 57)]
+        )
+        torch.testing.assert_close(both[0], expected[1][-1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(both[1], expected[2][-1], atol=1e-4, rtol=1e-4)
+        # Three rows of different lengths decode one token each, in one pass.
+        step = [5, 6, 7]
+        got = ours.forward(
+            slab, step, [Segment(0, 40, 1), Segment(1, 23, 1), Segment(2, 57, 1)], decoding=3
+        )
+        for i, (prompt, token) in enumerate(zip(prompts, step, strict=True)):
+            want = reference(torch.tensor([[*prompt, token]])).logits[0, -1]
+            torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
+
+
+def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
+    reference = build("qwen2")
+    reference.save_pretrained(str(tmp_path))
+    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    assert loaded is not None
+    prompt = list(range(3, 30))
+    with torch.inference_mode():
+        got = loaded.forward(loaded.slab(1), prompt, [Segment(0, 0, len(prompt))])[0]
+        want = reference(torch.tensor([prompt])).logits[0, -1]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_type": "gpt2"},
+        {"model_type": "llama", "hidden_act": "gelu"},
+        {"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+        {"model_type": "mistral", "sliding_window": 4096},
+        {"model_type": "llama", "mlp_bias": True},
+    ],
+)
+def test_other_architectures_are_declined(config: dict[str, Any]) -> None:
+    full = {**SMALL, "num_attention_heads": 4, **config}
+    assert LlamaConfig.of(full) is None
