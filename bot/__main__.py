@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     load.add_argument("--no-cold-start", action="store_true", help="skip the cold-start runs")
     load.add_argument(
+        "--against-generate-batch", action="store_true",
+        help="only compare with transformers' generate_batch: 8 short prompts, 64 tokens",
+    )  # fmt: skip
+    load.add_argument(
         "--no-history",
         action="store_true",
         help="users without a remembered conversation (short prompts: decoding dominates)",
@@ -178,6 +182,11 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.png is not None and importlib.util.find_spec("matplotlib") is None:
         print("--png needs matplotlib: `scripts/setup.sh dev` installs it.", file=sys.stderr)
         return EXIT_SETTINGS
+    if args.against_generate_batch:
+        from bot.bench_generation import against_generate_batch
+
+        print(json.dumps(await against_generate_batch(settings), indent=2))
+        return 0
     result = await bench(
         settings,
         levels=levels,

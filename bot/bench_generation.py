@@ -36,6 +36,7 @@ from typing import Any
 
 from bot.bench_memory import percentile
 from bot.generation.base import GenerationParams, Owner
+from bot.generation.batch import BatchRequest
 from bot.generation.local import LocalGenerator
 from bot.settings import Settings
 from memory.context import context_budget
@@ -251,6 +252,46 @@ def cold_start(cache_dir: Path) -> tuple[float, float]:
     return round(first - started, 2), round(rss, 1)
 
 
+def serving_memory(members: int, seconds: float, max_new_tokens: int, history: bool) -> float:
+    """Peak RSS in MB of a fresh process loaded as the bot loads (no transformers model)
+    serving `members` members for `seconds`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.bench_generation", "--serve", str(members), str(seconds),
+         str(max_new_tokens), "1" if history else "0"],
+        capture_output=True, text=True, check=True, timeout=900,
+    )  # fmt: skip
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+
+
+def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> None:
+    from memory.connection import open_redis
+
+    settings = Settings.from_env()
+    gen = LocalGenerator.load(
+        settings.model, max_batch=settings.generation.max_batch,
+        prefix_tokens=settings.generation.prefix_cache_tokens,
+    )  # fmt: skip
+    budget = context_budget(gen.context_length, max_new_tokens, 16,
+                            settings.generation.max_context_tokens)  # fmt: skip
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    prefix = "mbbench" + uuid.uuid4().hex[:8]
+
+    async def go() -> None:
+        async with open_redis(url, data_dir=settings.redis.data_dir) as client:
+            store = MemoryStore(client, keys=Keys(prefix))
+            rig = Rig(store, WindowPolicy(budget=budget), params, history)
+            try:
+                await run_level(gen, rig, Scope("serve"), members, seconds)
+            finally:
+                async for key in client.scan_iter(match=f"{prefix}:*"):
+                    await client.delete(key)
+
+    asyncio.run(go())
+    gen.close()
+    print(f"{rss_peak_mb():.1f}", flush=True)
+
+
 def _first_token() -> None:
     """In a fresh process: load as the bot does and print when the first piece came."""
     settings = Settings.from_env()
@@ -265,6 +306,69 @@ def _first_token() -> None:
 
     asyncio.run(go())
     gen.close()
+
+
+async def against_generate_batch(
+    settings: Settings, prompts: int = 8, tokens: int = 64
+) -> dict[str, Any]:
+    """The same short prompts at once, `tokens` greedy tokens each (no end token), through
+    transformers' own continuous batching (`generate_batch`) and through this engine."""
+    from transformers import GenerationConfig
+
+    gen = LocalGenerator.load(
+        settings.model, max_batch=prompts, prefix_tokens=0, with_transformers=True
+    )  # fmt: skip
+    assert gen.engine is not None and gen._model is not None
+    ids = [gen.render([{"role": "system", "content": SYSTEM},
+                       {"role": "user", "content": m}]) for m in MESSAGES[:prompts]]  # fmt: skip
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1,
+                              pad_token_id=gen._pad_id)  # fmt: skip
+
+    def theirs() -> float:
+        import torch
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = gen._model.generate_batch(ids, generation_config=config, progress_bar=False)
+        made = sum(len(o.generated_tokens) for o in out.values())
+        return made / (time.perf_counter() - started)
+
+    async def ours() -> float:
+        loop = asyncio.get_running_loop()
+        params = GenerationParams(max_new_tokens=tokens, temperature=0.0,
+                                  repetition_penalty=1.0)  # fmt: skip
+        made = [0] * len(ids)
+        futures = []
+        started = time.perf_counter()
+        for i, prompt in enumerate(ids):
+            done: asyncio.Future[None] = loop.create_future()
+            futures.append(done)
+
+            def count(_: int, i: int = i) -> None:
+                made[i] += 1
+
+            def finish(_: BaseException | None, done: asyncio.Future[None] = done) -> None:
+                loop.call_soon_threadsafe(done.set_result, None)
+
+            assert gen.engine is not None
+            gen.engine.submit(BatchRequest(prompt, params, tokens, count, finish))
+        await asyncio.gather(*futures)
+        return sum(made) / (time.perf_counter() - started)
+
+    try:
+        await ours()  # warm-up, both
+        await asyncio.wrap_future(gen.engine.call(theirs))
+        result = {
+            "prompts": len(ids),
+            "new_tokens": tokens,
+            "generate_batch_tokens_per_s": round(
+                await asyncio.wrap_future(gen.engine.call(theirs)), 1
+            ),
+            "engine_tokens_per_s": round(await ours(), 1),
+        }
+    finally:
+        gen.close()
+    return result
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -373,6 +477,14 @@ async def main(
         )
     result["peak_rss_mb"] = round(rss_peak_mb(), 1)
     result.update(cold_start_s)
+    if cold:
+        # What a server admin sees: the bot's process (its engine, no transformers
+        # model, no baseline) with eight members talking, measured apart.
+        members = min(max(levels), 8)
+        result["serving_members"] = members
+        result["serving_peak_rss_mb"] = await asyncio.to_thread(
+            serving_memory, members, min(seconds, 20.0), max_new_tokens, history
+        )
     if out is not None:
         await asyncio.to_thread(out.write_text, json.dumps(result, indent=2) + "\n")
     if png is not None:
@@ -430,6 +542,7 @@ def report(result: dict[str, Any]) -> str:
         )
     for key in (
         "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",
+        "serving_peak_rss_mb",
     ):  # fmt: skip
         if key in result:
             lines.append(f"{key}: {result[key]}")
@@ -438,3 +551,5 @@ def report(result: dict[str, Any]) -> str:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--first-token"]:
     _first_token()
+elif __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    _serve(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.bench_generation import main, report
+from bot.bench_generation import against_generate_batch, main, report
 from memory.keys import Keys
 from tests.conftest import make_settings
 
@@ -40,3 +40,9 @@ async def test_the_benchmark_reports_every_level_and_plots(
         assert level["prefix_reused_tokens"] > level["users"] * level["prompt_tokens_mean"] / 2
     assert result["peak_rss_mb"] > 100
     assert "x baseline" in report(result)
+
+
+async def test_the_comparison_with_generate_batch_runs_both(keys: Keys, redis_url: str) -> None:
+    result = await against_generate_batch(make_settings(keys, redis_url), prompts=2, tokens=4)
+    assert result["prompts"] == 2 and result["new_tokens"] == 4
+    assert result["generate_batch_tokens_per_s"] > 0 and result["engine_tokens_per_s"] > 0

@@ -97,6 +97,7 @@ def test_the_chat_template_renders_as_transformers_renders_it(
 def test_special_tokens_and_ids_match(pair: tuple[FastTokenizer, Any]) -> None:
     fast, hf = pair
     assert set(fast.all_special_tokens) >= set(hf.all_special_tokens)
+    assert set(fast.all_special_ids) >= set(hf.all_special_ids)
     assert fast.get_added_vocab() == hf.get_added_vocab()
     assert (fast.eos_token_id, fast.pad_token_id) == (hf.eos_token_id, hf.pad_token_id)
     assert fast.convert_tokens_to_ids("<|im_start|>") == hf.convert_tokens_to_ids("<|im_start|>")

@@ -173,7 +173,9 @@ class KVSlab:
 class LlamaModel:
     def __init__(self, config: LlamaConfig, weights: dict[str, Any]) -> None:
         self.config = config
-        w = {k.removeprefix("model."): v for k, v in weights.items()}
+        # Taken out of `weights` as they are joined, so the separate copies can go
+        # while loading (a lower peak of memory when nothing else holds them).
+        w = {k.removeprefix("model."): weights.pop(k) for k in list(weights)}
         self.embed = w["embed_tokens.weight"]
         self.norm = w["norm.weight"]
         self.lm_head = self.embed if config.tied else w.get("lm_head.weight", self.embed)
@@ -184,16 +186,18 @@ class LlamaModel:
         self.layers = []
         for i in range(config.layers):
             p = f"layers.{i}."
-            biases = [w.get(f"{p}self_attn.{n}_proj.bias") for n in "qkv"]
+            biases = [w.pop(f"{p}self_attn.{n}_proj.bias", None) for n in "qkv"]
             self.layers.append(
                 _Layer(
                     attention_norm=w[f"{p}input_layernorm.weight"],
-                    qkv=torch.cat([w[f"{p}self_attn.{n}_proj.weight"] for n in "qkv"]),
+                    qkv=torch.cat([w.pop(f"{p}self_attn.{n}_proj.weight") for n in "qkv"]),
                     qkv_bias=torch.cat(biases) if biases[0] is not None else None,  # type: ignore[arg-type]
                     out=w[f"{p}self_attn.o_proj.weight"],
                     out_bias=w.get(f"{p}self_attn.o_proj.bias"),
                     mlp_norm=w[f"{p}post_attention_layernorm.weight"],
-                    gate_up=torch.cat([w[f"{p}mlp.gate_proj.weight"], w[f"{p}mlp.up_proj.weight"]]),
+                    gate_up=torch.cat(
+                        [w.pop(f"{p}mlp.gate_proj.weight"), w.pop(f"{p}mlp.up_proj.weight")]
+                    ),
                     down=w[f"{p}mlp.down_proj.weight"],
                 )
             )

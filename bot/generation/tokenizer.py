@@ -175,6 +175,11 @@ class FastTokenizer:
                 text = text.replace(before, after)
         return text
 
+    @property
+    def all_special_ids(self) -> list[int]:
+        ids = (self.convert_tokens_to_ids(t) for t in self.all_special_tokens)
+        return [i for i in ids if i is not None]
+
     def get_added_vocab(self) -> dict[str, int]:
         return dict(self._added)
 
