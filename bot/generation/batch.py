@@ -214,7 +214,6 @@ class BatchEngine:
     # -- the decoding thread -----------------------------------------------------
 
     def _run(self, model: LlamaModel | Callable[[], LlamaModel], loaded: Future[Any]) -> None:
-        _return_freed_memory()
         try:
             ready = model() if callable(model) else model
             self._model = ready
@@ -352,6 +351,8 @@ class BatchEngine:
             segments.append(Segment(row.slot, row.length, count))
             reading.append(row)
             budget -= count
+        if not segments:  # (every joining row waits for another: none can, but be safe)
+            return
         self.steps += 1
         self.widest = max(self.widest, len(rows))
         self.decoded += len(rows)
@@ -455,22 +456,3 @@ class BatchEngine:
             values = values.masked_fill(drop, float("-inf"))
         probs = values.softmax(dim=-1)
         return int(candidates[torch.multinomial(probs, 1, generator=row.rng)])
-
-
-def _return_freed_memory() -> None:
-    """Have glibc serve large blocks (KV caches: megabytes each, of ever-changing sizes)
-    from their own mappings, so memory freed goes back to the system at once. By
-    default its threshold rises to 32 MB as such blocks are freed, and the blocks then
-    fragment the heap: a 30-second benchmark level grew the process from 1.0 to 2.2 GB.
-    Elsewhere than glibc this does nothing."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: blocks of 4 MB and more
-    except (OSError, AttributeError):
-        pass

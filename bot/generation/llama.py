@@ -308,18 +308,20 @@ class LlamaModel:
         return F.linear(x, self.lm_head)
 
     def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Any]:
-        """Per attention call: the boolean mask of what each query token may see, over
-        a width rounded up to `WIDTH_STEP` columns (the rest masked). Every distinct
-        width is a new shape for the CPU's matrix library, which keeps a prepared
-        kernel for each: unrounded, the process grew by about 1 MB per token of
-        conversation (measured: 0.58 to 1.9 GB over 16 turns of one chat)."""
+        """Per attention call: the boolean mask of what each query token may see (for
+        the decoding rows, of what each may not), over a width rounded up to
+        `WIDTH_STEP` columns (the rest masked). Every distinct width is a new shape for
+        the CPU's matrix library, which keeps a prepared kernel for each: unrounded,
+        the process grew by about 1 MB per token of conversation (measured: 0.58 to
+        1.9 GB over 16 turns of one chat)."""
         device = self.device
         masks: list[Any] = []
         if decoding:
             ends = torch.tensor([s.start for s in segments[:decoding]], device=device)
             width = _rounded(int(ends.max()) + 1, capacity)
+            # Inverted: True where a row may not look (its padding, or others' rows).
             masks.append(
-                (torch.arange(width, device=device)[None, :] <= ends[:, None])[:, None, None, :]
+                (torch.arange(width, device=device)[None, :] > ends[:, None])[:, None, None, :]
             )
         for s in segments[decoding:]:
             if s.start == 0:
@@ -349,7 +351,7 @@ class LlamaModel:
             # (twice as fast as query @ keys^T on this CPU in bf16).
             scores = torch.matmul(keys[:decoding, :, :width], query.transpose(-1, -2))
             scores = scores.transpose(-1, -2)
-            scores = (scores.float() * self.scale).masked_fill(~masks[0], float("-inf"))
+            scores = (scores.float() * self.scale).masked_fill(masks[0], float("-inf"))
             probs = scores.softmax(dim=-1).to(q.dtype)
             attended = torch.matmul(probs, values[:decoding, :, :width])
             out.append(attended.reshape(decoding, c.heads * c.head_dim))
