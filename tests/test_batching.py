@@ -185,6 +185,46 @@ async def test_prompts_read_in_chunks_while_rows_come_and_go(
         engine.close()
 
 
+async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
+    exact: LocalGenerator, lone: LocalGenerator
+) -> None:
+    """A long prompt read 16 tokens a pass is cancelled half-way; a second prompt
+    sharing its start was waiting to copy that start from it, and reads it alone
+    instead: its reply is still the greedy one, and no slot stays taken."""
+    assert exact.fast is not None
+    engine = BatchEngine(
+        exact.fast, eos_ids=exact._eos_ids, context_length=exact.context_length,
+        max_batch=4, prefix_tokens=0, chunk=16,
+    )  # fmt: skip
+    small = LocalGenerator.__new__(LocalGenerator)
+    small.engine = engine
+    try:
+        shared = "You are a helpful assistant for films, music and games. " * 12
+        first = exact.render([{"role": "system", "content": shared},
+                              {"role": "user", "content": QUESTIONS[2]}])  # fmt: skip
+        second = exact.render([{"role": "system", "content": shared},
+                               {"role": "user", "content": QUESTIONS[4]}])  # fmt: skip
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[BaseException | None] = loop.create_future()
+        cancelled = BatchRequest(
+            prompt=first, params=GREEDY, max_new_tokens=GREEDY.max_new_tokens,
+            on_token=lambda _: None,
+            done=lambda e: loop.call_soon_threadsafe(ended.set_result, e),
+        )  # fmt: skip
+        engine.submit(cancelled)
+        follower = asyncio.create_task(decode(small, second, GREEDY))
+        while engine.steps < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
+            await asyncio.sleep(0.005)
+        cancelled.stop.set()
+        assert await asyncio.wait_for(ended, 60) is None
+        ids = await asyncio.wait_for(follower, 60)  # not left waiting for the cancelled one
+        assert_greedy(lone, second, ids)
+        assert engine.running == 0
+        assert engine.prefixes.hits == 0  # it could not copy from the cancelled one
+    finally:
+        engine.close()
+
+
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:
     prompt = exact.render(chat(QUESTIONS[3]))
     ids = await decode(exact, prompt, GREEDY)
