@@ -1,6 +1,8 @@
-"""Generation under load: continuous batching with the real model (a batched reply is
-the text a lone greedy request produces, joining mid-stream included), and the fair
-queue (round-robin order, queue-full and per-member answers, positions, cancellation)."""
+"""Generation under load: continuous batching with the real model (every token a
+batched greedy reply picks is transformers' own greedy choice, joining mid-stream,
+prompts read in chunks, rows coming and going and cancellations included), and the
+fair queue (round-robin order, queue-full and per-member answers, positions,
+cancellation)."""
 
 from __future__ import annotations
 
