@@ -71,13 +71,15 @@ async def text_of(gen: LocalGenerator, question: str, owner: Owner | None = None
     return "".join([p async for p in gen.stream(chat(question), GREEDY, owner=owner)])
 
 
-async def decode(gen: LocalGenerator, prompt: list[int], params: GenerationParams) -> list[int]:
+async def decode(
+    engine: BatchEngine | None, prompt: list[int], params: GenerationParams
+) -> list[int]:
     """Submit straight to the engine; the token ids it chose."""
-    assert gen.engine is not None
+    assert engine is not None
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[BaseException | None] = loop.create_future()
     ids: list[int] = []
-    gen.engine.submit(
+    engine.submit(
         BatchRequest(
             prompt=prompt, params=params, max_new_tokens=params.max_new_tokens,
             on_token=ids.append,
@@ -120,7 +122,7 @@ async def test_batched_replies_are_the_reference_greedy_replies(
     assert exact.engine is not None
     exact.engine.widest = 0
     prompts = [exact.render(chat(q)) for q in QUESTIONS]
-    got = await asyncio.gather(*(decode(exact, p, GREEDY) for p in prompts))
+    got = await asyncio.gather(*(decode(exact.engine, p, GREEDY) for p in prompts))
     assert exact.engine.widest >= 4  # they really decoded together
     for prompt, ids in zip(prompts, got, strict=True):
         assert ids
@@ -143,7 +145,7 @@ async def test_a_request_joining_a_running_batch_decodes_the_same(
     steps = exact.engine.steps
 
     async def run_first() -> list[int]:
-        task = asyncio.create_task(decode(exact, first, GREEDY))
+        task = asyncio.create_task(decode(exact.engine, first, GREEDY))
         while exact.engine is not None and exact.engine.steps < steps + 3:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # the engine's thread counts passes: poll it
         started.set()
@@ -151,11 +153,20 @@ async def test_a_request_joining_a_running_batch_decodes_the_same(
 
     async def join_later(prompt: list[int]) -> list[int]:
         await started.wait()
-        return await decode(exact, prompt, GREEDY)
+        return await decode(exact.engine, prompt, GREEDY)
 
     got = await asyncio.gather(run_first(), join_later(longer), join_later(shorter))
     for prompt, ids in zip((first, longer, shorter), got, strict=True):
         assert_greedy(lone, prompt, ids)
+
+
+def small_engine(exact: LocalGenerator, prefix_tokens: int) -> BatchEngine:
+    """A second engine on the same weights: 4 slots, prompts read 16 tokens a pass."""
+    assert exact.fast is not None
+    return BatchEngine(
+        exact.fast, eos_ids=exact._eos_ids, context_length=exact.context_length,
+        max_batch=4, prefix_tokens=prefix_tokens, chunk=16,
+    )  # fmt: skip
 
 
 async def test_prompts_read_in_chunks_while_rows_come_and_go(
@@ -165,19 +176,13 @@ async def test_prompts_read_in_chunks_while_rows_come_and_go(
     requests than slots, replies of different lengths, so rows leave (the last one
     moving into the freed slot), prompts are read over several passes beside decoding
     rows, and a row done reading trades slots with one still reading."""
-    assert exact.fast is not None
-    engine = BatchEngine(
-        exact.fast, eos_ids=exact._eos_ids, context_length=exact.context_length,
-        max_batch=4, prefix_tokens=512, chunk=16,
-    )  # fmt: skip
-    small = LocalGenerator.__new__(LocalGenerator)
-    small.engine = engine
+    engine = small_engine(exact, prefix_tokens=512)
     try:
         prompts = [exact.render(chat(q)) for q in QUESTIONS + QUESTIONS[:2]]
         lengths = [5, 30, 12, 40, 8, 25, 3, 18]
         params = [replace(GREEDY, max_new_tokens=n) for n in lengths]
         got = await asyncio.gather(
-            *(decode(small, p, k) for p, k in zip(prompts, params, strict=True))
+            *(decode(engine, p, k) for p, k in zip(prompts, params, strict=True))
         )
         assert engine.prefixes.hits >= 2  # the last two repeat earlier prompts
         for prompt, ids, n in zip(prompts, got, lengths, strict=True):
@@ -193,13 +198,7 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
     """A long prompt read 16 tokens a pass is cancelled half-way; a second prompt
     sharing its start was waiting to copy that start from it, and reads it alone
     instead: its reply is still the greedy one, and no slot stays taken."""
-    assert exact.fast is not None
-    engine = BatchEngine(
-        exact.fast, eos_ids=exact._eos_ids, context_length=exact.context_length,
-        max_batch=4, prefix_tokens=0, chunk=16,
-    )  # fmt: skip
-    small = LocalGenerator.__new__(LocalGenerator)
-    small.engine = engine
+    engine = small_engine(exact, prefix_tokens=0)
     try:
         shared = "You are a helpful assistant for films, music and games. " * 12
         first = exact.render([{"role": "system", "content": shared},
@@ -214,7 +213,7 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
             done=lambda e: loop.call_soon_threadsafe(ended.set_result, e),
         )  # fmt: skip
         engine.submit(cancelled)
-        follower = asyncio.create_task(decode(small, second, GREEDY))
+        follower = asyncio.create_task(decode(engine, second, GREEDY))
         while engine.steps < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
             await asyncio.sleep(0.005)
         cancelled.stop.set()
@@ -229,7 +228,7 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
 
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:
     prompt = exact.render(chat(QUESTIONS[3]))
-    ids = await decode(exact, prompt, GREEDY)
+    ids = await decode(exact.engine, prompt, GREEDY)
     assert await text_of(exact, QUESTIONS[3]) == exact.decode(ids)
 
 

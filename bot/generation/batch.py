@@ -182,7 +182,7 @@ class BatchEngine:
             target=self._run, args=(model, loaded), name="batch-decode", daemon=True
         )
         self._thread.start()
-        self.model = loaded.result()  # re-raises what loading raised
+        loaded.result()  # waits; re-raises what loading raised
 
     @property
     def running(self) -> int:
@@ -216,7 +216,7 @@ class BatchEngine:
     def _run(self, model: LlamaModel | Callable[[], LlamaModel], loaded: Future[Any]) -> None:
         try:
             ready = model() if callable(model) else model
-            self._model = ready
+            self.model = ready
             self._slab = ready.slab(self.max_batch)
         except BaseException as exc:
             loaded.set_exception(exc)
@@ -287,7 +287,7 @@ class BatchEngine:
                 self.prefixes.reused += reuse
             rng = None
             if request.params.seed is not None:
-                rng = self._torch.Generator(device=self._model.device)
+                rng = self._torch.Generator(device=self.model.device)
                 rng.manual_seed(request.params.seed)
         except Exception as exc:
             log.exception("could not start a reply")
@@ -358,7 +358,7 @@ class BatchEngine:
         self.decoded += len(rows)
         self.read += len(ids) - len(rows)
         started = time.perf_counter()
-        logits = self._model.forward(self._slab, ids, segments, decoding=len(rows))
+        logits = self.model.forward(self._slab, ids, segments, decoding=len(rows))
         self.busy_s += time.perf_counter() - started
         # Every row's cache grew in this pass: count it before any row moves.
         for row in rows:
