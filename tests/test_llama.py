@@ -1,16 +1,21 @@
 """The batch engine's own forward pass against transformers' implementation of each
 architecture it accepts, on small randomly initialised models (no download): logits of
-a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass."""
+a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass,
+with either way of computing the weight products; loading safetensors (converted while
+read, joined matrices read in place); and the per-machine choice of products."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from bot.generation.llama import LlamaConfig, LlamaModel, Segment
+from bot.generation import llama
+from bot.generation.llama import PRODUCTS, LlamaConfig, LlamaModel, Segment
+from bot.generation.local import PRODUCTS_FILE, choose_products_cached
 
 SMALL = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -46,12 +51,14 @@ VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_logits_match_transformers(name: str) -> None:
+def test_logits_match_transformers(name: str, products: str) -> None:
     kind = name.split("-", maxsplit=1)[0].removesuffix("3")
     reference = build(kind, **VARIANTS[name])
     ours = LlamaModel.from_transformers(reference)
     assert ours is not None
+    ours.products = products
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (40, 23, 57)]
     with torch.inference_mode():
@@ -86,6 +93,82 @@ def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
         got = loaded.forward(loaded.slab(1), prompt, [Segment(0, 0, len(prompt))])[0]
         want = reference(torch.tensor([prompt])).logits[0, -1]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_weights_are_converted_as_they_are_read(tmp_path: Path) -> None:
+    reference = build("qwen2").to(torch.bfloat16)
+    reference.save_pretrained(str(tmp_path))
+    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    assert loaded is not None and loaded.dtype == torch.float32
+    stored = {k: v.float() for k, v in reference.state_dict().items()}
+    first = loaded.layers[0]
+    p = "model.layers.0."
+    want_qkv = torch.cat([stored[f"{p}self_attn.{n}_proj.weight"] for n in "qkv"])
+    want_bias = torch.cat([stored[f"{p}self_attn.{n}_proj.bias"] for n in "qkv"])
+    want_gate_up = torch.cat([stored[f"{p}mlp.gate_proj.weight"], stored[f"{p}mlp.up_proj.weight"]])
+    assert torch.equal(first.qkv, want_qkv)
+    assert torch.equal(first.qkv_bias, want_bias)
+    assert torch.equal(first.gate_up, want_gate_up)
+    assert torch.equal(first.down, stored[f"{p}mlp.down_proj.weight"])
+    assert torch.equal(loaded.embed, stored["model.embed_tokens.weight"])
+
+
+def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    build("llama").save_pretrained(str(tmp_path))
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ValueError, match="cut short"):
+        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    weights.write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+
+
+def test_the_faster_products_are_chosen() -> None:
+    ours = LlamaModel.from_transformers(build("llama"))
+    assert ours is not None
+    took = llama.choose_products(ours, rows=4)
+    assert set(took) == set(PRODUCTS) and all(t > 0 for t in took.values())
+    assert ours.products == min(took, key=took.__getitem__)
+
+
+def test_the_choice_of_products_is_remembered_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = LlamaModel.from_transformers(build("llama"))
+    assert ours is not None
+    measured: list[int] = []
+
+    def measure(model: LlamaModel, rows: int) -> dict[str, float]:
+        measured.append(rows)
+        model.products = "transposed"
+        return {"linear": 2.0, "transposed": 1.0}
+
+    monkeypatch.setattr(llama, "choose_products", measure)
+    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
+    assert measured == [4]
+    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
+    (key,) = remembered
+    assert "float32" in key and "4 rows" in key
+    assert remembered[key]["products"] == "transposed"
+
+    # The next start reads it: no measurement, the remembered choice.
+    ours.products = "linear"
+    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
+    assert ours.products == "transposed" and measured == [4]
+    # Another batch width is another entry; a damaged file is measured again.
+    choose_products_cached(ours, 8, tmp_path)
+    assert measured == [4, 8]
+    (tmp_path / PRODUCTS_FILE).write_text("{not json")
+    choose_products_cached(ours, 4, tmp_path)
+    assert measured == [4, 8, 4]
+    # A cache that cannot be written: measured, used, and measured again next time.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
+    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
+    assert measured == [4, 8, 4, 4, 4]
 
 
 @pytest.mark.parametrize(

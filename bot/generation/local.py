@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
+import os
+import platform
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -221,12 +224,15 @@ class LocalGenerator:
             """Runs on the engine's thread."""
             if settings.threads:
                 torch.set_num_threads(settings.threads)
+            fast = None
             if not with_transformers:
                 fast = LlamaModel.from_directory(directory, dtype, device)
-                if fast is not None:
-                    return fast
-            built.append(transformers_model())
-            return _engine_model_of(built[0])
+            if fast is None:
+                built.append(transformers_model())
+                fast = _engine_model_of(built[0])
+            if device == "cpu":
+                choose_products_cached(fast, min(max_batch, 8), settings.cache_dir)
+            return fast
 
         try:
             tokenizer = _load_tokenizer(directory)
@@ -440,6 +446,63 @@ def cpu_prefers_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRODUCTS_FILE = "products.json"
+
+
+def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str:
+    """Set how `model` computes its weight products on this machine
+    (`llama.choose_products` measures it: about a second on a slow CPU), remembered in
+    `cache_dir` for the CPU, torch version, thread count, dtype and batch width, so
+    only the first start on a machine pays for the measurement."""
+    import torch
+
+    from bot.generation.llama import PRODUCTS, choose_products
+
+    key = " | ".join(
+        [_cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
+         str(model.dtype).removeprefix("torch."), f"{rows} rows"]
+    )  # fmt: skip
+    path = cache_dir / PRODUCTS_FILE
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("products") in PRODUCTS:
+        model.products = entry["products"]
+        return model.products
+    took = choose_products(model, rows)
+    log.info("weight products: %s (ms per %d-row pass: %s)", model.products, rows, took)
+    known[key] = {"products": model.products, "ms_per_pass": took}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+        partial.replace(path)
+    except OSError as exc:  # a read-only cache: measured again at the next start
+        log.warning("could not remember the weight products in %s: %s", path, exc)
+    return model.products
+
+
+def _cpu_name() -> str:
+    """The CPU's model name and a digest of its feature flags (virtual machines of
+    one name can expose different instruction sets)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    flags = fields.get("flags", fields.get("Features", ""))
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return f"{fields.get('model name', platform.machine())} (flags {digest})"
 
 
 def _load_tokenizer(directory: Path) -> Any:
