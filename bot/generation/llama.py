@@ -242,7 +242,8 @@ def read_into(stored: dict[str, _Stored], targets: dict[str, Any]) -> None:
             for name in names:
                 item = stored[name]
                 handle.seek(item.offset)
-                if handle.readinto(scratch[: item.size].numpy()) != item.size:
+                window = memoryview(scratch[: item.size].numpy())  # type: ignore[arg-type]
+                if handle.readinto(window) != item.size:
                     raise ValueError(f"{file.name}: {name} is cut short")
                 targets[name].copy_(scratch[: item.size].view(item.dtype).view(item.shape))
 
