@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
+from types import SimpleNamespace
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -224,6 +226,74 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
         assert engine.prefixes.hits == 0  # it could not copy from the cancelled one
     finally:
         engine.close()
+
+
+async def test_a_short_prompt_is_read_before_a_long_one_that_came_first(
+    exact: LocalGenerator, lone: LocalGenerator
+) -> None:
+    """A conversation's next message does not wait behind a new member's whole
+    history: in a small engine (16 prompt tokens a pass) a short prompt submitted
+    while a long one is being read has its first token first; both replies are the
+    greedy ones."""
+    engine = small_engine(exact, prefix_tokens=0)
+    try:
+        history = "I love slow science fiction films and long jazz records. " * 10
+        long = exact.render([{"role": "system", "content": history},
+                             {"role": "user", "content": QUESTIONS[2]}])  # fmt: skip
+        short = exact.render(chat(QUESTIONS[1]))
+        assert len(long) > 4 * len(short)
+        firsts: dict[str, int] = {}
+
+        async def timed(name: str, prompt: list[int]) -> list[int]:
+            loop = asyncio.get_running_loop()
+            finished: asyncio.Future[BaseException | None] = loop.create_future()
+            ids: list[int] = []
+
+            def token(t: int) -> None:
+                firsts.setdefault(name, engine.steps)
+                ids.append(t)
+
+            engine.submit(
+                BatchRequest(
+                    prompt=prompt, params=GREEDY, max_new_tokens=GREEDY.max_new_tokens,
+                    on_token=token,
+                    done=lambda e: loop.call_soon_threadsafe(finished.set_result, e),
+                )
+            )  # fmt: skip
+            assert await asyncio.wait_for(finished, 120) is None
+            return ids
+
+        first = asyncio.create_task(timed("long", long))
+        while engine.steps < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
+            await asyncio.sleep(0.005)
+        second = asyncio.create_task(timed("short", short))
+        long_ids, short_ids = await first, await second
+        assert firsts["short"] < firsts["long"]
+        assert_greedy(lone, long, long_ids)
+        assert_greedy(lone, short, short_ids)
+    finally:
+        engine.close()
+
+
+def test_the_oldest_prompt_keeps_a_share_of_every_pass() -> None:
+    """Shortest left first, but the row waiting longest always reads a quarter of the
+    chunk, however many short prompts there are."""
+
+    def row(total: int, read: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(request=SimpleNamespace(prompt=[1] * total), length=read)
+
+    oldest, shorts = row(500, 100), [row(20), row(30, 5), row(40)]
+    shares = BatchEngine._shares(SimpleNamespace(chunk=64), [oldest, *shorts])  # type: ignore[arg-type]
+    counts = {id(r): n for r, n in shares}
+    assert counts[id(oldest)] == 16  # a quarter of 64
+    assert counts[id(shorts[0])] == 20 and counts[id(shorts[1])] == 25  # shortest first
+    assert counts[id(shorts[2])] == 3  # what is left
+    assert sum(counts.values()) == 64
+    # Alone, or first in line with room to spare, it reads as much as fits.
+    assert BatchEngine._shares(SimpleNamespace(chunk=64), [row(500)]) == [(ANY, 64)]  # type: ignore[arg-type]
+    short_oldest = row(10)
+    shares = BatchEngine._shares(SimpleNamespace(chunk=64), [short_oldest, row(300)])  # type: ignore[arg-type]
+    assert [n for _, n in shares] == [10, 54]
 
 
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:

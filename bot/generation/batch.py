@@ -339,18 +339,11 @@ class BatchEngine:
         ids = [r.next_token for r in rows]
         segments = [Segment(r.slot, r.length, 1) for r in rows]
         reading: list[_Row] = []
-        budget = self.chunk
         self._catch_up()
-        for row in self._filling:
-            if budget <= 0:
-                break
-            if row.follow is not None:
-                continue
-            count = min(len(row.request.prompt) - row.length, budget)
+        for row, count in self._shares([r for r in self._filling if r.follow is None]):
             ids.extend(row.request.prompt[row.length : row.length + count])
             segments.append(Segment(row.slot, row.length, count))
             reading.append(row)
-            budget -= count
         if not segments:  # (every joining row waits for another: none can, but be safe)
             return
         self.steps += 1
@@ -379,6 +372,29 @@ class BatchEngine:
                 self.prefixes.add(row.tokens, self._slab.read(row.slot, row.length))
             if self._accept(row, logits[len(rows) + j]):
                 self._promote(row)
+
+    def _shares(self, waiting: list[_Row]) -> list[tuple[_Row, int]]:
+        """How many prompt tokens each row reads in this pass, `chunk` in all.
+
+        Shortest left first: a conversation's next message (a few dozen tokens past
+        its cached start) is read before a new member's whole history, instead of
+        waiting behind it. The row waiting longest (the first to join) keeps a quarter
+        of the chunk in every pass, so short prompts arriving all the time cannot
+        starve it."""
+        if not waiting:
+            return []
+        oldest = waiting[0]
+        reserved = min(len(oldest.request.prompt) - oldest.length, self.chunk // 4)
+        budget, shares = self.chunk, []
+        for row in sorted(waiting, key=lambda r: len(r.request.prompt) - r.length):
+            room = budget if row is oldest else budget - reserved
+            count = min(len(row.request.prompt) - row.length, room)
+            if row is oldest:
+                reserved = 0
+            if count > 0:
+                shares.append((row, count))
+                budget -= count
+        return shares
 
     def _promote(self, row: _Row) -> None:
         """A row whose prompt is read moves to the slot after the decoding rows,
