@@ -97,7 +97,8 @@ class Result:
     duration: float  # seconds from asking to the last piece
     tokens: int
     prompt_tokens: int
-    first: bool  # the member's first message in the run
+    first: bool  # the first message of a conversation (nothing of it cached)
+    opening: bool  # the member's first message in the level (all members at once)
 
 
 def rss_peak_mb() -> float:
@@ -185,7 +186,7 @@ async def one_request(
     return Result(
         ttft=(first or end) - asked, duration=max(end - asked, 0.0),
         tokens=gen.count_tokens(reply), prompt_tokens=len(gen.render(window.messages)),
-        first=position == 0,
+        first=position == 0, opening=turn == 0,
     )  # fmt: skip
 
 
@@ -213,6 +214,9 @@ def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
     ttfts = [r.ttft for r in results]
     firsts = [r.ttft for r in results if r.first]
     laters = [r.ttft for r in results if not r.first]
+    # Past the level's opening, when every member sent their first message at the same
+    # instant and those prompts queue behind each other however they are scheduled.
+    settled = [r.ttft for r in results if not r.opening]
     per_token = [(r.duration - r.ttft) / (r.tokens - 1) for r in results if r.tokens > 1]
     return {
         "users": users,
@@ -227,6 +231,10 @@ def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
         # conversation so far read already), apart.
         "ttft_first_p95_s": round(percentile(firsts, 0.95), 3) if firsts else None,
         "ttft_later_p95_s": round(percentile(laters, 0.95), 3) if laters else None,
+        "ttft_after_opening_p95_s": round(percentile(settled, 0.95), 3) if settled else None,
+        # Below CONVERSATION_TURNS the level was too short to reach its steady mix of
+        # first and later messages (raise --seconds).
+        "requests_per_member": round(len(results) / users, 1),
         "per_token_ms": round(1000 * sum(per_token) / len(per_token), 1) if per_token else 0.0,
         "peak_rss_mb": round(rss_peak_mb(), 1),
     }
@@ -246,7 +254,9 @@ async def baseline(
                 break
             results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
         turn += 1
-    return summarise(results, seconds, 1)
+    summary = summarise(results, seconds, 1)
+    summary["requests_per_member"] = round(len(results) / users, 1)
+    return summary
 
 
 def cold_start(cache_dir: Path) -> tuple[float, float]:
@@ -279,7 +289,7 @@ def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> 
     settings = Settings.from_env()
     gen = LocalGenerator.load(
         settings.model, max_batch=settings.generation.max_batch,
-        prefix_tokens=settings.generation.prefix_cache_tokens,
+        prefix_mb=settings.generation.prefix_cache_mb,
     )  # fmt: skip
     budget = context_budget(gen.context_length, max_new_tokens, 16,
                             settings.generation.max_context_tokens)  # fmt: skip
@@ -326,7 +336,7 @@ async def against_generate_batch(
     from transformers import GenerationConfig
 
     gen = LocalGenerator.load(
-        settings.model, max_batch=prompts, prefix_tokens=0, with_transformers=True
+        settings.model, max_batch=prompts, prefix_mb=0, with_transformers=True
     )  # fmt: skip
     assert gen.engine is not None and gen._model is not None
     ids = [gen.render([{"role": "system", "content": SYSTEM},
@@ -435,7 +445,7 @@ async def main(
     width = max(settings.generation.max_batch, *levels)
     batched = LocalGenerator.load(
         settings.model, max_batch=width, per_user=2, queue_max=max(64, 4 * max(levels)),
-        prefix_tokens=settings.generation.prefix_cache_tokens, with_transformers=True,
+        prefix_mb=settings.generation.prefix_cache_mb, with_transformers=True,
     )  # fmt: skip
     # The baseline shares the loaded model: one request at a time through generate().
     lone = batched.sequential()
@@ -449,6 +459,8 @@ async def main(
         "seconds_per_level": seconds,
         "batch_width": width,
         "torch_threads": __import__("torch").get_num_threads(),
+        "dtype": str(batched.fast.dtype).removeprefix("torch.") if batched.fast else None,
+        "weight_products": batched.fast.products if batched.fast else None,
         "remembered_history": history,
     }
     try:
@@ -474,17 +486,7 @@ async def main(
     finally:
         lone.close()
         batched.close()
-    single = next((lv for lv in result["batched"] if lv["users"] == 1), None)
-    eight = next((lv for lv in result["batched"] if lv["users"] == 8), None)
-    if single and eight:
-        # Like for like: the 8-user p95 over the 1-user p95, and the medians; the 1-user
-        # median is a conversation's later turn (its prefix cached), the p95 a first one.
-        result["ttft_p95_8_users_over_1_user"] = round(
-            eight["ttft_p95_s"] / max(single["ttft_p95_s"], 1e-6), 2
-        )
-        result["ttft_p50_8_users_over_1_user"] = round(
-            eight["ttft_p50_s"] / max(single["ttft_p50_s"], 1e-6), 2
-        )
+    result.update(ttft_ratios(result["batched"]))
     result["peak_rss_mb"] = round(rss_peak_mb(), 1)
     result.update(cold_start_s)
     if cold:
@@ -500,6 +502,28 @@ async def main(
     if png is not None:
         await asyncio.to_thread(plot, result, png)
     return result
+
+
+def ttft_ratios(levels: list[dict[str, Any]]) -> dict[str, float]:
+    """The 8-user TTFT over the 1-user TTFT: p95, p50 and p95 after the opening."""
+    out: dict[str, float] = {}
+    single = next((lv for lv in levels if lv["users"] == 1), None)
+    eight = next((lv for lv in levels if lv["users"] == 8), None)
+    if single and eight:
+        # Like for like: the 8-user p95 over the 1-user p95, and the medians; the 1-user
+        # median is a conversation's later turn (its prefix cached), the p95 a first one.
+        out["ttft_p95_8_users_over_1_user"] = round(
+            eight["ttft_p95_s"] / max(single["ttft_p95_s"], 1e-6), 2
+        )
+        out["ttft_p50_8_users_over_1_user"] = round(
+            eight["ttft_p50_s"] / max(single["ttft_p50_s"], 1e-6), 2
+        )
+        if eight["ttft_after_opening_p95_s"] and single["ttft_after_opening_p95_s"]:
+            out["ttft_after_opening_p95_8_users_over_1_user"] = round(
+                eight["ttft_after_opening_p95_s"] / max(single["ttft_after_opening_p95_s"], 1e-6),
+                2,
+            )
+    return out
 
 
 async def run_levels(
@@ -543,12 +567,22 @@ def report(result: dict[str, Any]) -> str:
     base = result["baseline"]
     lines = [
         f"sequential generate: {base['tokens_per_s']} tok/s, TTFT p50 {base['ttft_p50_s']} s",
-        "users  tok/s  x baseline  TTFT p50  TTFT p95  ms/token",
+        "users  tok/s  x baseline  TTFT p50  TTFT p95  p95 after opening  ms/token",
     ]
+    short = []
     for lv in result["batched"]:
         lines.append(
             f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline']:>10}  "
-            f"{lv['ttft_p50_s']:>8}  {lv['ttft_p95_s']:>8}  {lv['per_token_ms']:>8}"
+            f"{lv['ttft_p50_s']:>8}  {lv['ttft_p95_s']:>8}  "
+            f"{lv['ttft_after_opening_p95_s'] or '-':>17}  {lv['per_token_ms']:>8}"
+        )
+        if lv["requests_per_member"] < CONVERSATION_TURNS:
+            short.append(str(lv["users"]))
+    if short:
+        lines.append(
+            f"note: at {', '.join(short)} users, members sent fewer than {CONVERSATION_TURNS} "
+            "messages each: too short a level for a steady mix of new and running "
+            "conversations (raise --seconds)"
         )
     for key in (
         "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",

@@ -134,7 +134,7 @@ async def open_services(
                 max_batch=settings.generation.max_batch,
                 queue_max=settings.generation.queue_max,
                 per_user=settings.generation.per_user,
-                prefix_tokens=settings.generation.prefix_cache_tokens,
+                prefix_mb=settings.generation.prefix_cache_mb,
                 progress=progress,
             )
         progress("Loading the moderation classifier…")

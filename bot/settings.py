@@ -106,9 +106,9 @@ class GenerationSettings(BaseSettings):
     )
     queue_max: int = Field(default=64, ge=0, le=10_000, description="Requests that may wait.")
     per_user: int = Field(default=2, ge=1, le=100, description="Requests one member may have.")
-    prefix_cache_tokens: int = Field(
-        default=6144, ge=0, le=1_000_000,
-        description="Tokens of recent prompts' KV kept for reuse (0: off); 23-46 KB each.",
+    prefix_cache_mb: float = Field(
+        default=144, ge=0, le=1_000_000,
+        description="Memory for recent replies' KV kept for reuse (0: off).",
     )  # fmt: skip
     timeout: float = Field(default=300.0, gt=0, description="Seconds a reply may take.")
     backend: Literal["local", "remote"] = Field(

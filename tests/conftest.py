@@ -74,7 +74,7 @@ def store(redis_client: Redis, keys: Keys) -> MemoryStore:
 @pytest.fixture(scope="session")
 def generator() -> Iterator[LocalGenerator]:
     """The real model as the bot runs it: continuous batching, 8 rows, prefix reuse."""
-    gen = LocalGenerator.load(model_settings(), max_batch=8, prefix_tokens=2048)
+    gen = LocalGenerator.load(model_settings(), max_batch=8, prefix_mb=96)
     yield gen
     gen.close()
 

@@ -64,7 +64,7 @@ def lone() -> Iterator[LocalGenerator]:
 @pytest.fixture(scope="module")
 def exact() -> Iterator[LocalGenerator]:
     """The bot's generator (batching, prefix reuse), in float32."""
-    gen = LocalGenerator.load(float32(), max_batch=8, prefix_tokens=2048)
+    gen = LocalGenerator.load(float32(), max_batch=8, prefix_mb=96)
     yield gen
     gen.close()
 
@@ -296,6 +296,43 @@ def test_the_oldest_prompt_keeps_a_share_of_every_pass() -> None:
     assert [n for _, n in shares] == [10, 54]
 
 
+async def test_a_prompt_copies_its_start_from_a_row_decoding_now(
+    exact: LocalGenerator, lone: LocalGenerator
+) -> None:
+    """A member's second message sent while the first reply streams shares that
+    prompt's start: it is copied from the decoding row's slot (the prefix cache is
+    off here), and the reply is still the greedy one."""
+    engine = small_engine(exact, prefix_tokens=0)
+    try:
+        shared = "You are a helpful assistant for films, music and games. " * 6
+        first = exact.render([{"role": "system", "content": shared},
+                              {"role": "user", "content": QUESTIONS[2]}])  # fmt: skip
+        second = exact.render([{"role": "system", "content": shared},
+                               {"role": "user", "content": QUESTIONS[4]}])  # fmt: skip
+        streaming: asyncio.Event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[BaseException | None] = loop.create_future()
+        engine.submit(
+            BatchRequest(
+                prompt=first, params=GREEDY, max_new_tokens=GREEDY.max_new_tokens,
+                on_token=lambda _: loop.call_soon_threadsafe(streaming.set),
+                done=lambda e: loop.call_soon_threadsafe(finished.set_result, e),
+            )
+        )  # fmt: skip
+        await asyncio.wait_for(streaming.wait(), 60)
+        ids = await decode(engine, second, GREEDY)
+        assert await finished is None
+        shared_tokens = next(
+            i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b
+        )
+        assert engine.prefixes.hits == 1
+        assert engine.prefixes.reused == shared_tokens
+        assert engine.read == len(first) + len(second) - shared_tokens
+        assert_greedy(lone, second, ids)
+    finally:
+        engine.close()
+
+
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:
     prompt = exact.render(chat(QUESTIONS[3]))
     ids = await decode(exact.engine, prompt, GREEDY)
@@ -425,5 +462,7 @@ async def test_prefix_reuse_decodes_the_same_and_skips_the_shared_start(
     before = prefixes.reused
     again = "".join([p async for p in exact.stream(turn, GREEDY)])
     assert again == "".join([p async for p in lone.stream(turn, GREEDY)])
-    assert prefixes.reused - before >= exact.count_prompt_tokens(chat(QUESTIONS[0]))
+    # (the reply too: its KV is kept before the request hears it has finished)
+    first_exchange = exact.count_prompt_tokens(chat(QUESTIONS[0])) + exact.count_tokens(first)
+    assert prefixes.reused - before >= first_exchange - 2
     assert prefixes.tokens <= prefixes.capacity

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.bench_generation import against_generate_batch, main, report
+from bot.bench_generation import CONVERSATION_TURNS, against_generate_batch, main, report
+from bot.generation.llama import PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings
 
@@ -18,7 +19,7 @@ async def test_the_benchmark_reports_every_level_and_plots(
     settings = make_settings(keys, redis_url)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = await main(
-        settings, levels=[1, 3], seconds=3, max_new_tokens=4, cold=False,
+        settings, levels=[1, 3], seconds=8, max_new_tokens=4, cold=False,
         out=out, png=png,
     )  # fmt: skip
     assert json.loads(out.read_text()) == result
@@ -29,6 +30,8 @@ async def test_the_benchmark_reports_every_level_and_plots(
         assert level["requests"] >= 2 * level["users"]  # each member said more than once
         assert level["prompt_tokens_mean"] > 150  # each member's remembered conversation
         assert level["ttft_first_p95_s"] > 0 and level["ttft_later_p95_s"] > 0
+        assert level["ttft_after_opening_p95_s"] > 0
+        assert level["requests_per_member"] == round(level["requests"] / level["users"], 1)
         assert level["tokens"] > 0 and level["tokens_per_s"] > 0
         assert 0 < level["ttft_p50_s"] <= level["ttft_p95_s"]
         assert level["ratio_to_baseline"] > 0
@@ -39,7 +42,27 @@ async def test_the_benchmark_reports_every_level_and_plots(
         assert level["prefix_hits"] >= level["requests"] - 1
         assert level["prefix_reused_tokens"] > level["users"] * level["prompt_tokens_mean"] / 2
     assert result["peak_rss_mb"] > 100
+    assert result["dtype"] in {"float32", "bfloat16"}
+    assert result["weight_products"] in PRODUCTS
     assert "x baseline" in report(result)
+
+
+def test_the_report_says_when_a_level_was_too_short() -> None:
+    def level(users: int, per_member: float) -> dict[str, object]:
+        return {
+            "users": users, "tokens_per_s": 10.0, "ratio_to_baseline": 2.0,
+            "ttft_p50_s": 0.1, "ttft_p95_s": 0.2, "ttft_after_opening_p95_s": 0.15,
+            "per_token_ms": 50.0, "requests_per_member": per_member,
+        }  # fmt: skip
+
+    result = {
+        "baseline": {"tokens_per_s": 5.0, "ttft_p50_s": 0.3},
+        "batched": [level(1, 9.0), level(8, CONVERSATION_TURNS - 0.5)],
+    }
+    text = report(result)
+    assert "at 8 users, members sent fewer than" in text
+    result["batched"] = [level(1, 9.0), level(8, CONVERSATION_TURNS)]
+    assert "fewer than" not in report(result)
 
 
 async def test_the_comparison_with_generate_batch_runs_both(keys: Keys, redis_url: str) -> None:

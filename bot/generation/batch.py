@@ -11,11 +11,14 @@ and random generator, and repetition penalty, temperature, top-k and top-p are a
 as `generate` applies them, so a greedy request decodes the same text alone or in a
 batch (in float32; see the README).
 
-Prefix reuse: the KV of recent prompts (and of finished replies, prompt and answer
-together) is kept in a small cache, bounded in tokens. A new prompt starts from the
-longest prefix it shares with one of them, copied into its slot, and only the rest is
-read: the system prompt every member shares, and a conversation's previous turn, are
-not computed again.
+Prefix reuse: the KV of finished replies (prompt and answer together) is kept in a
+small cache, bounded in memory. A new prompt starts from the longest prefix it shares
+with one of them, or with a row decoding now (copied from its slot), or with a prompt
+still being read (it waits for that part, then copies it); only the rest is read. The
+system prompt every member shares, and a conversation's previous turn, are not
+computed again. A prompt's KV is not cached on its own while its row decodes: the
+slab holds it already, and caching it twice crowded the conversations' entries out of
+a cache sized for float32.
 """
 
 from __future__ import annotations
@@ -156,8 +159,12 @@ class BatchEngine:
         context_length: int,
         max_batch: int = 8,
         prefix_tokens: int = 0,
+        prefix_bytes: int = 0,
         chunk: int = 128,
     ) -> None:
+        """The prefix cache holds `prefix_tokens` tokens, or as many as `prefix_bytes`
+        of the model's KV hold (23 KB a token for the embedded model in bf16, 46 KB
+        in float32)."""
         import torch
 
         self._torch = torch
@@ -172,6 +179,7 @@ class BatchEngine:
         self._rows: list[_Row] = []  # decoding, row i in slot i
         self._filling: list[_Row] = []  # reading their prompt, in slots from the top
         self.prefixes = PrefixCache(prefix_tokens)
+        self._prefix_bytes = prefix_bytes
         self.steps = 0  # forward passes run, for tests and the benchmark
         self.widest = 0  # the most rows decoded in one pass
         self.decoded = 0  # tokens decoded, over all passes (the mean row count)
@@ -218,6 +226,8 @@ class BatchEngine:
             ready = model() if callable(model) else model
             self.model = ready
             self._slab = ready.slab(self.max_batch)
+            if self._prefix_bytes:
+                self.prefixes.capacity = self._prefix_bytes // ready.config.kv_bytes(ready.dtype)
         except BaseException as exc:
             loaded.set_exception(exc)
             return
@@ -280,9 +290,23 @@ class BatchEngine:
             taken = {r.slot for r in self._filling}
             slot = next(s for s in range(self.max_batch - 1, -1, -1) if s not in taken)
             entry, reuse = self.prefixes.longest(request.prompt)
-            if entry is not None:
+            # A row decoding now may share more (the same member's earlier message,
+            # its reply still streaming): its KV is copied from its slot.
+            source = None
+            for live in self._rows:
+                shared = _common(
+                    live.tokens[: live.length], request.prompt, len(request.prompt) - 1
+                )
+                if shared >= MIN_REUSE and shared > reuse:
+                    source, reuse = live, shared
+            if reuse:
                 self._slab.ensure(len(request.prompt))
-                self._slab.data[:, :, slot, :, :reuse] = entry.states[:, :, :, :reuse]
+                data = self._slab.data
+                if source is not None:
+                    data[:, :, slot, :, :reuse] = data[:, :, source.slot, :, :reuse]
+                else:
+                    assert entry is not None
+                    data[:, :, slot, :, :reuse] = entry.states[:, :, :, :reuse]
                 self.prefixes.hits += 1
                 self.prefixes.reused += reuse
             rng = None
@@ -361,15 +385,11 @@ class BatchEngine:
             row.length += segment.count
         for i, row in enumerate(rows):
             if not self._accept(row, logits[i]):
-                self._keep_finished(row)
                 self._leave(row)
         for j, row in enumerate(reading):
             if row.length < len(row.request.prompt):
                 continue
             self._filling.remove(row)
-            # The prompt's KV is kept for later prompts sharing its start.
-            if self.prefixes.capacity:
-                self.prefixes.add(row.tokens, self._slab.read(row.slot, row.length))
             if self._accept(row, logits[len(rows) + j]):
                 self._promote(row)
 
@@ -427,23 +447,25 @@ class BatchEngine:
         self.prefixes.add(row.tokens[: row.length], self._slab.read(row.slot, row.length))
 
     def _accept(self, row: _Row, logits: Any) -> bool:
-        """Choose the row's next token; False when the row has finished (and was told)."""
+        """Choose the row's next token; False when the row has finished (its KV kept
+        for the conversation's next message, then the request told)."""
         request = row.request
         token = self._choose(row, logits)
-        if token in self._eos:
-            request.done(None)
-            return False
-        row.generated += 1
-        row.next_token = token
-        request.on_token(token)
-        if (
-            row.generated >= request.max_new_tokens
-            or request.stop.is_set()
-            or row.length + 1 >= self.context_length
-        ):
-            request.done(None)
-            return False
-        return True
+        if token not in self._eos:
+            row.generated += 1
+            row.next_token = token
+            request.on_token(token)
+            if (
+                row.generated < request.max_new_tokens
+                and not request.stop.is_set()
+                and row.length + 1 < self.context_length
+            ):
+                return True
+        # Kept before `done`: once told, the caller may set `stop` as it cleans up,
+        # and a stopped row's KV is not kept.
+        self._keep_finished(row)
+        request.done(None)
+        return False
 
     def _choose(self, row: _Row, logits: Any) -> int:
         torch = self._torch

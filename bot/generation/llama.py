@@ -89,6 +89,10 @@ class LlamaConfig:
             rope_llama3=llama3,
         )
 
+    def kv_bytes(self, dtype: Any) -> int:
+        """Bytes of KV cache one token takes, over all layers."""
+        return self.layers * 2 * self.kv_heads * self.head_dim * int(dtype.itemsize)
+
     def inverse_frequencies(self, device: Any) -> Any:
         """The rotary embedding's frequencies (Llama 3's long-context rescaling:
         long wavelengths slowed by `factor`, a smooth blend between the two bounds)."""
