@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--users", default="1,4,8,16", help="concurrency levels (default 1,4,8,16)")
     load.add_argument(
-        "--seconds", type=float, default=30.0,
-        help="how long each level (and the baseline) runs (default 30)",
+        "--seconds", type=float, default=60.0,
+        help="how long each level (and the baseline) runs (default 60)",
     )  # fmt: skip
     load.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     load.add_argument("--no-cold-start", action="store_true", help="skip the cold-start runs")

@@ -350,9 +350,11 @@ class BatchEngine:
     def _drop_stopped(self) -> None:
         """Rows whose reply was cancelled leave before the next pass."""
         for row in [r for r in self._filling if r.request.stop.is_set()]:
+            self._keep_finished(row)
             self._filling.remove(row)
             row.request.done(None)
         for row in [r for r in self._rows if r.request.stop.is_set()]:
+            self._keep_finished(row)
             self._leave(row)
             row.request.done(None)
 
@@ -441,8 +443,11 @@ class BatchEngine:
 
     def _keep_finished(self, row: _Row) -> None:
         """Keep a finished row's KV (prompt and reply): the conversation's next prompt
-        starts with both."""
-        if not self.prefixes.capacity or row.length < MIN_REUSE or row.request.stop.is_set():
+        starts with both. A row stopped by its caller is kept too, as far as it got:
+        what it computed is valid for any prompt that starts the same (a caller that
+        stops at the end of a sentence, such as recommendations' one-line blurbs,
+        leaves the shared instructions for the next)."""
+        if not self.prefixes.capacity or row.length < MIN_REUSE:
             return
         self.prefixes.add(row.tokens[: row.length], self._slab.read(row.slot, row.length))
 
@@ -461,8 +466,6 @@ class BatchEngine:
                 and row.length + 1 < self.context_length
             ):
                 return True
-        # Kept before `done`: once told, the caller may set `stop` as it cleans up,
-        # and a stopped row's KV is not kept.
         self._keep_finished(row)
         request.done(None)
         return False
