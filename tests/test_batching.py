@@ -171,6 +171,16 @@ def small_engine(exact: LocalGenerator, prefix_tokens: int) -> BatchEngine:
     )  # fmt: skip
 
 
+def sharing_a_start(exact: LocalGenerator, repeats: int) -> tuple[list[int], list[int]]:
+    """Two prompts with the same long system prompt and different questions."""
+    shared = "You are a helpful assistant for films, music and games. " * repeats
+    first, second = (
+        exact.render([{"role": "system", "content": shared}, {"role": "user", "content": q}])
+        for q in (QUESTIONS[2], QUESTIONS[4])
+    )
+    return first, second
+
+
 async def test_prompts_read_in_chunks_while_rows_come_and_go(
     exact: LocalGenerator, lone: LocalGenerator
 ) -> None:
@@ -202,11 +212,7 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
     instead: its reply is still the greedy one, and no slot stays taken."""
     engine = small_engine(exact, prefix_tokens=0)
     try:
-        shared = "You are a helpful assistant for films, music and games. " * 12
-        first = exact.render([{"role": "system", "content": shared},
-                              {"role": "user", "content": QUESTIONS[2]}])  # fmt: skip
-        second = exact.render([{"role": "system", "content": shared},
-                               {"role": "user", "content": QUESTIONS[4]}])  # fmt: skip
+        first, second = sharing_a_start(exact, repeats=12)
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[BaseException | None] = loop.create_future()
         cancelled = BatchRequest(
@@ -304,11 +310,7 @@ async def test_a_prompt_copies_its_start_from_a_row_decoding_now(
     off here), and the reply is still the greedy one."""
     engine = small_engine(exact, prefix_tokens=0)
     try:
-        shared = "You are a helpful assistant for films, music and games. " * 6
-        first = exact.render([{"role": "system", "content": shared},
-                              {"role": "user", "content": QUESTIONS[2]}])  # fmt: skip
-        second = exact.render([{"role": "system", "content": shared},
-                               {"role": "user", "content": QUESTIONS[4]}])  # fmt: skip
+        first, second = sharing_a_start(exact, repeats=6)
         streaming: asyncio.Event = asyncio.Event()
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[BaseException | None] = loop.create_future()
