@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bot.generation.base import GenerationParams, Owner
-from bot.generation.batch import BatchEngine, BatchRequest
+from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache
 from bot.generation.local import LocalGenerator
 from bot.generation.queue import QUEUE_FULL, FairQueue, QueueFull, too_many
 from bot.settings import ModelSettings
@@ -279,6 +279,28 @@ async def test_a_short_prompt_is_read_before_a_long_one_that_came_first(
         assert_greedy(lone, short, short_ids)
     finally:
         engine.close()
+
+
+def test_the_prefix_cache_keeps_each_sequence_once_within_its_capacity() -> None:
+    cache = PrefixCache(capacity=100)
+    start = list(range(20))
+    cache.add(start + [1] * 10, "a")
+    cache.add(start + [1] * 10 + [2] * 10, "b")  # the conversation went on: replaces a
+    assert cache.tokens == 40
+    assert cache.covers(start + [1] * 5)  # a row that stopped earlier adds nothing
+    assert not cache.covers(start + [3] * 5)
+    cache.add(start + [3] * 30, "c")
+    assert cache.tokens == 90
+    entry, n = cache.longest(start + [1] * 10 + [2] * 10 + [9])
+    assert entry is not None and entry.states == "b" and n == 40
+    entry, n = cache.longest(start + [3] * 30)  # the last prompt token is always run
+    assert entry is not None and entry.states == "c" and n == 49
+    assert cache.longest(list(range(100, 140))) == (None, 0)
+    cache.add(list(range(200, 230)), "d")  # over capacity: the least recently used goes
+    assert cache.tokens <= 100
+    entry, n = cache.longest(start + [1] * 10 + [2] * 10 + [9])
+    assert entry is not None and entry.states == "c" and n == 20  # b is gone: the start
+    assert [e.states for e in cache._entries] == ["c", "d"]
 
 
 def test_the_oldest_prompt_keeps_a_share_of_every_pass() -> None:

@@ -92,6 +92,16 @@ class PrefixCache:
         best.used = self._clock
         return best, best_len
 
+    def covers(self, tokens: list[int]) -> bool:
+        """Whether an entry starts with all of `tokens` already (then marked used)."""
+        n = len(tokens)
+        for entry in self._entries:
+            if len(entry.tokens) >= n and entry.tokens[:n] == tokens:
+                self._clock += 1
+                entry.used = self._clock
+                return True
+        return False
+
     def add(self, tokens: list[int], states: Any) -> None:
         if not self.capacity or len(tokens) < MIN_REUSE or len(tokens) > self.capacity:
             return
@@ -449,7 +459,9 @@ class BatchEngine:
         leaves the shared instructions for the next)."""
         if not self.prefixes.capacity or row.length < MIN_REUSE:
             return
-        self.prefixes.add(row.tokens[: row.length], self._slab.read(row.slot, row.length))
+        tokens = row.tokens[: row.length]
+        if not self.prefixes.covers(tokens):  # (a reply cut short, asked again)
+            self.prefixes.add(tokens, self._slab.read(row.slot, row.length))
 
     def _accept(self, row: _Row, logits: Any) -> bool:
         """Choose the row's next token; False when the row has finished (its KV kept
