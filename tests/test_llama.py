@@ -123,6 +123,10 @@ def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     weights.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="not a safetensors file"):
         LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    header = b'{"model.norm.weight": {"shape": [4]}}'
+    weights.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ValueError, match="malformed header"):
+        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
 
 
 def test_the_faster_products_are_chosen() -> None:

@@ -212,17 +212,20 @@ def safetensors_index(path: Path) -> dict[str, _Stored]:
             raise ValueError(f"{path.name} is not a safetensors file")
         header = json.loads(f.read(size))
     out = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path.name}: {name} has an unsupported dtype {spec['dtype']}")
-        start, end = spec["data_offsets"]
-        shape = tuple(spec["shape"])
-        if end - start != math.prod(shape) * dtype.itemsize:
-            raise ValueError(f"{path.name}: {name} does not match its shape")
-        out[name] = _Stored(path, 8 + size + start, end - start, dtype, shape)
+    try:
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
+            if dtype is None:
+                raise ValueError(f"{path.name}: {name} has an unsupported dtype {spec['dtype']}")
+            start, end = (int(x) for x in spec["data_offsets"])
+            shape = tuple(int(x) for x in spec["shape"])
+            if end - start != math.prod(shape) * dtype.itemsize or start < 0:
+                raise ValueError(f"{path.name}: {name} does not match its shape")
+            out[name] = _Stored(path, 8 + size + start, end - start, dtype, shape)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path.name} has a malformed header ({exc!r})") from exc
     return out
 
 
