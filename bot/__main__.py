@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="users without a remembered conversation (short prompts: decoding dominates)",
     )
+    load.add_argument(
+        "--long-messages", type=int, default=12,
+        help="messages of the long-conversation run, one member past the context window "
+        "(default 12; 0 skips it)",
+    )  # fmt: skip
     load.add_argument("--out", type=Path, help="also write the JSON result here")
     load.add_argument("--png", type=Path, help="also plot throughput and TTFT here")
     sub.add_parser(
@@ -179,6 +184,9 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     if not levels or levels[0] < 1 or args.seconds < 1 or args.max_new_tokens < 1:
         print("--users, --seconds and --max-new-tokens must be at least 1.", file=sys.stderr)
         return EXIT_SETTINGS
+    if args.long_messages < 0:
+        print("--long-messages must be 0 or more.", file=sys.stderr)
+        return EXIT_SETTINGS
     if args.png is not None and importlib.util.find_spec("matplotlib") is None:
         print("--png needs matplotlib: `scripts/setup.sh dev` installs it.", file=sys.stderr)
         return EXIT_SETTINGS
@@ -196,6 +204,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
         out=args.out,
         png=args.png,
         history=not args.no_history,
+        long_messages=args.long_messages,
     )
     print(json.dumps(result, indent=2))
     print(report(result), file=sys.stderr)

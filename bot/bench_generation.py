@@ -8,7 +8,9 @@
    remembered conversation in a real Redis (their own) and sends a message, reads the
    reply, sends the next; every prompt is built by the real context builder and every
    exchange stored as the bot stores it, so a conversation grows as it goes.
-3. Cold start, process start to first token, in a child process: with the converted
+3. A long conversation: one member past the context window sends messages one after
+   another (how much of each prompt the model reads, and the time to a first token).
+4. Cold start, process start to first token, in a child process: with the converted
    weights cached, and with an empty cache (conversion included).
 
 Reported: aggregate tokens/s (tokens streamed within the level's time) and its ratio
@@ -79,6 +81,7 @@ HISTORY = [
 ]
 HISTORY_TURNS = 10  # exchanges remembered per member before the benchmark starts
 CONVERSATION_TURNS = 4  # messages a member sends before starting a new conversation
+LONG_HISTORY_EXCHANGES = 120  # remembered by the member of `long_conversation`
 
 
 @dataclass
@@ -139,17 +142,22 @@ def message(user: int, turn: int) -> str:
 
 
 async def one_request(
-    gen: LocalGenerator, rig: Rig, scope: Scope, user: int, *, turn: int, deadline: float
-) -> Result:
+    gen: LocalGenerator, rig: Rig, scope: Scope, user: int, *, turn: int, deadline: float,
+    who: str | None = None,
+) -> Result:  # fmt: skip
     """One chat message as the bot handles it: the window built from memory, the reply
     streamed, then both turns stored (so the member's next prompt extends this one).
     Tokens streamed after `deadline` are not counted, and the reply is stopped there
-    (once its first token came: every request's waiting time is measured)."""
+    (once its first token came: every request's waiting time is measured). With `who`,
+    the message continues that conversation, whatever its length."""
     # A member's conversation lasts CONVERSATION_TURNS messages, then they start
     # another: conversations are as long in every level and in the baseline, however
     # fast each goes.
     conversation, position = divmod(turn, CONVERSATION_TURNS)
-    who = f"user{user}-{conversation}"
+    if who is not None:
+        position = 1
+    else:
+        who = f"user{user}-{conversation}"
     if position == 0 and rig.history:
         await seed_conversation(rig.store, scope, who, user * 1000 + conversation, gen)
     asked = time.perf_counter()
@@ -257,6 +265,47 @@ async def baseline(
     summary = summarise(results, seconds, 1)
     summary["requests_per_member"] = round(len(results) / users, 1)
     return summary
+
+
+async def long_conversation(
+    gen: LocalGenerator, rig: Rig, scope: Scope, messages: int
+) -> dict[str, Any]:
+    """One member alone, deep in a conversation longer than the context window
+    (LONG_HISTORY_EXCHANGES exchanges remembered), sending `messages` messages one
+    after another: how much of each prompt the model has to read, and how long the
+    first token takes. Every window drops the conversation's oldest turns, and older
+    turns matching the message are recalled."""
+    who = "long-member"
+    rng = random.Random(7)
+    for i in range(LONG_HISTORY_EXCHANGES):
+        said, answer = rng.choice(HISTORY)
+        at = 1_700_000_000.0 + i * 60
+        await rig.store.append(
+            scope, who,
+            Turn(role="user", text=said, time=at, message_id=f"{who}-{i}",
+                 tokens=gen.count_tokens(said)),
+            Turn(role="assistant", text=answer, time=at + 1, tokens=gen.count_tokens(answer)),
+        )  # fmt: skip
+    engine = gen.engine
+    results, read = [], []
+    for turn in range(messages):
+        before = engine.read if engine is not None else 0
+        result = await one_request(
+            gen, rig, scope, 0, turn=turn, deadline=time.perf_counter() + 600, who=who
+        )
+        results.append(result)
+        read.append((engine.read if engine is not None else 0) - before)
+    ttfts = [r.ttft for r in results]
+    prompt = sum(r.prompt_tokens for r in results)
+    return {
+        "messages": messages,
+        "prompt_tokens_mean": round(prompt / messages),
+        "read_tokens_mean": round(sum(read) / messages),
+        # The share of the prompts' tokens the model read; the rest came from its cache.
+        "read_share": round(sum(read) / max(prompt, 1), 3),
+        "ttft_p50_s": round(percentile(ttfts, 0.50), 3),
+        "ttft_p95_s": round(percentile(ttfts, 0.95), 3),
+    }
 
 
 def cold_start(cache_dir: Path) -> tuple[float, float]:
@@ -427,6 +476,7 @@ async def main(
     out: Path | None,
     png: Path | None,
     history: bool = True,
+    long_messages: int = 0,
 ) -> dict[str, Any]:
     from memory.connection import open_redis
 
@@ -480,6 +530,12 @@ async def main(
                 result["batched"] = await run_levels(
                     batched, rig, levels, seconds, result["baseline"]["tokens_per_s"]
                 )
+                if long_messages:
+                    if batched.engine is not None:
+                        batched.engine.prefixes.clear()
+                    result["long_conversation"] = await long_conversation(
+                        batched, rig, Scope("long"), long_messages
+                    )
             finally:
                 async for key in client.scan_iter(match=f"{prefix}:*"):
                     await client.delete(key)
@@ -583,6 +639,14 @@ def report(result: dict[str, Any]) -> str:
             f"note: at {', '.join(short)} users, members sent fewer than {CONVERSATION_TURNS} "
             "messages each: too short a level for a steady mix of new and running "
             "conversations (raise --seconds)"
+        )
+    if "long_conversation" in result:
+        lc = result["long_conversation"]
+        lines.append(
+            f"long conversation, one member: {lc['messages']} messages of "
+            f"{lc['prompt_tokens_mean']} prompt tokens, {lc['read_tokens_mean']} read each "
+            f"({100 * lc['read_share']:.0f}%), TTFT p50 {lc['ttft_p50_s']} s, "
+            f"p95 {lc['ttft_p95_s']} s"
         )
     for key in (
         "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",
