@@ -3,9 +3,20 @@
 Filled in priority order, counting real tokens of the served model's tokenizer:
 the system prompt (always), the current message (always; cut with a marker when it
 alone would not fit), profile facts, the rolling summary and recalled older turns (each
-capped at a share of the budget), then recent turns newest first, whole turns only.
+capped at a share of the budget), then recent turns, whole turns only.
 The result is valid for the model's chat template (roles alternate, same-role runs
 merged) and never exceeds the budget.
+
+Laid out so consecutive messages share their start, which the model has read already
+(its prefix cache): the system prompt, profile and summary first; then the recent
+turns; last the current message, with the recalled turns just before it, since what is
+recalled changes with every message. Recalled turns are the user's own words, so they
+sit in the user's message, not in the system prompt. Once a conversation is longer
+than the window, its start does not move by one exchange per message (which would
+make the model read the whole window again for every reply): it stays on a turn of a
+coarse grid of turn ids (every 16th turn, or a finer grid where that would leave less
+than half the history) for as long as the history from it fits a room that leaves the
+recall share and a typical message's room free; so it moves once in several messages.
 
 Counting: each stored turn carries its token count (counted once, at write), so a
 window is counted without tokenising history again. The count is an upper bound of the
@@ -31,9 +42,13 @@ ChatMessage = dict[str, str]
 MIN_MESSAGE_TOKENS = 64
 PROFILE_HEADER = "\n\nWhat you know about this user (from earlier conversations):\n"
 SUMMARY_HEADER = "\n\nSummary of your earlier conversation with this user:\n"
-RECALL_HEADER = "\n\nThings the user said earlier that may matter now:\n"
+RECALL_HEADER = "Things I said in earlier conversations that may matter now:\n"
 TRUNCATION_MARKER = "\n[… message cut here: it was too long for my context window]"
 MERGE_SEPARATOR = "\n\n"
+# Grids of turn ids the history may start on, coarsest first (see the module docstring).
+START_STEPS = (16, 8, 4, 2)
+# Room kept for the current message when placing the history's start.
+MESSAGE_ROOM = 2 * MIN_MESSAGE_TOKENS
 
 
 class TokenCounter(Protocol):
@@ -142,18 +157,24 @@ def build_context(
         if text and budget - used - cost >= MIN_MESSAGE_TOKENS:
             full_system, used = full_system + text, used + cost
 
+    # What the history may use whatever is recalled and whatever the message's length:
+    # where its start goes depends on this room only, so it holds from message to message.
+    recall_cap = int(budget * recall_share)
+    steady_room = budget - used - recall_cap - min(MESSAGE_ROOM, budget // 8)
+
     # Recalled turns: whole lines, newest relevance first, within their share.
     recall_used, lines = 0, []
-    room = int(budget * recall_share) - counter.count_tokens(RECALL_HEADER) - 1
+    room = recall_cap - counter.count_tokens(RECALL_HEADER) - 1 - over.separator
     for line in recall_lines(recalled):
         cost = counter.count_tokens(line) + over.separator
         if recall_used + cost > room or budget - used - recall_used - cost < MIN_MESSAGE_TOKENS:
             continue
         lines.append(line)
         recall_used += cost
+    recall = ""
     if lines:
-        full_system += RECALL_HEADER + "\n".join(lines)
-        used += recall_used + counter.count_tokens(RECALL_HEADER) + 1
+        recall = RECALL_HEADER + "\n".join(lines) + MERGE_SEPARATOR
+        used += recall_used + counter.count_tokens(RECALL_HEADER) + 1 + over.separator
 
     truncated = False
     available = budget - used
@@ -164,19 +185,18 @@ def build_context(
         truncated = True
     used += message_tokens
 
-    # Recent turns, newest first, whole turns only. A turn merged into a neighbour of
-    # its own role costs a separator instead of a message.
-    chosen: list[Turn] = []
-    history_used = 0
-    for turn in reversed(turns):
-        cost = turn.tokens + over.per_message + over.separator
-        if used + history_used + cost > budget:
-            break
-        chosen.append(turn)
-        history_used += cost
-    chosen.reverse()
+    # Recent turns, whole turns only. A turn merged into a neighbour of its own role
+    # costs a separator instead of a message.
+    costs = [turn.tokens + over.per_message + over.separator for turn in turns]
+    first = _stable_start(turns, costs, steady_room)
+    # A long message or many recalled lines this time: fewer turns, this time only.
+    history_used = sum(costs[first:])
+    while first < len(turns) and used + history_used > budget:
+        history_used -= costs[first]
+        first += 1
+    chosen = list(turns[first:])
 
-    messages, kept = _assemble(full_system, chosen, message)
+    messages, kept = _assemble(full_system, chosen, recall + message)
     used += sum(t.tokens + over.per_message + over.separator for t in kept)
     oldest = next((t.id for t in kept if isinstance(t, StoredTurn)), None)
     return ContextWindow(
@@ -189,6 +209,31 @@ def build_context(
         oldest_turn_id=oldest,
         recalled=len(lines),
     )
+
+
+def _stable_start(turns: Sequence[Turn], costs: list[int], room: int) -> int:
+    """Where the history starts: index of the first turn kept (see the module
+    docstring). All of it when it fits `room`; else the first turn from which the rest
+    fits, moved onto the coarsest grid of turn ids that keeps at least half of that."""
+    fitting, start = 0, len(turns)
+    while start > 0 and fitting + costs[start - 1] <= room:
+        start -= 1
+        fitting += costs[start]
+    if start == 0:
+        return 0
+    suffix = [0] * (len(turns) + 1)
+    for i in range(len(turns) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + costs[i]
+    for step in START_STEPS:
+        for i in range(start, len(turns)):
+            turn = turns[i]
+            if not isinstance(turn, StoredTurn):
+                return start  # turns without ids (not from memory): no grid
+            if (turn.id - 1) % step == 0:
+                if 2 * suffix[i] >= fitting:
+                    return i
+                break
+    return start
 
 
 def _truncate(counter: TokenCounter, text: str, max_tokens: int) -> str:

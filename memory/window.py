@@ -48,7 +48,8 @@ class WindowPolicy:
             recalled=recalled or [],
             profile_share=self.profile_share,
             summary_share=self.summary_share,
-            recall_share=self.recall_share,
+            # Recall off: no room kept for it.
+            recall_share=self.recall_share if self.recall_limit else 0.0,
         )
 
 

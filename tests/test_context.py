@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bot.generation.local import LocalGenerator
 from memory.context import (
     MERGE_SEPARATOR,
+    RECALL_HEADER,
     TRUNCATION_MARKER,
     ContextError,
     ContextWindow,
@@ -29,6 +30,7 @@ text = st.lists(
     ),
     max_size=12,
 ).map("".join)
+WORDS = ["the", "film", "was", "slow", "but", "its", "ending", "and", "its", "score"]
 huge = st.integers(20_000, 120_000).map(lambda n: ("word " * (n // 5 + 1))[:n])
 
 
@@ -37,6 +39,17 @@ def turns_for(gen: LocalGenerator, items: list[tuple[str, str]]) -> list[Turn]:
         Turn(role=role, text=t, time=time.time(), tokens=gen.count_tokens(t))  # type: ignore[arg-type]
         for role, t in items
     ]
+
+
+def stored_turns_for(
+    gen: LocalGenerator, items: list[tuple[str, str]], first_id: int = 1
+) -> list[Turn]:
+    """As memory returns them: with their ids, so the window's start can use its grid."""
+    return [
+        StoredTurn(role=role, text=t, time=time.time(), tokens=gen.count_tokens(t),  # type: ignore[arg-type]
+                   id=first_id + i)
+        for i, (role, t) in enumerate(items)
+    ]  # fmt: skip
 
 
 def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budget: int) -> None:
@@ -71,6 +84,7 @@ def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budge
     profile=text,
     summary=text,
     recalled=st.lists(text.filter(lambda s: s.strip() != ""), max_size=8),
+    first_id=st.one_of(st.none(), st.integers(1, 100)),
 )
 def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
     generator: LocalGenerator,
@@ -80,12 +94,17 @@ def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
     profile: str,
     summary: str,
     recalled: list[str],
+    first_id: int | None,
 ) -> None:
     window = build_context(
         generator,
         system=SYSTEM,
         message=message,
-        turns=turns_for(generator, history),
+        turns=(
+            turns_for(generator, history)
+            if first_id is None
+            else stored_turns_for(generator, history, first_id)
+        ),
         budget=budget,
         profile=profile,
         summary=summary,
@@ -96,6 +115,9 @@ def test_window_never_exceeds_the_budget_and_keeps_system_and_message(
     )
     check_window(generator, window, message, budget)
     assert window.turns_used <= len(history)
+    if window.recalled:  # the user's own words, in their message
+        assert RECALL_HEADER in window.messages[-1]["content"]
+        assert RECALL_HEADER not in window.messages[0]["content"]
     if window.turns_used and history[-1][0] == "assistant":
         # The newest turns are the ones kept.
         assert window.messages[-2]["content"].endswith(history[-1][1])
@@ -171,3 +193,48 @@ def test_a_system_prompt_too_big_for_the_budget_is_a_configuration_error(
 def test_budget_is_the_window_less_reply_and_margin_capped_by_the_setting() -> None:
     assert context_budget(8192, 256, 16, 2048) == 2048
     assert context_budget(2048, 256, 16, 2048) == 2048 - 256 - 16
+
+
+def test_a_long_conversation_keeps_its_window_start_for_several_messages(
+    generator: LocalGenerator,
+) -> None:
+    """Past the budget, consecutive windows start on the same turn for several messages
+    (so the model reads only what is new), whatever is recalled and however long the
+    message, and still hold at least half the history that would fit."""
+    budget = 1200
+    words = WORDS
+    items: list[tuple[str, str]] = []
+    starts: list[int | None] = []
+    previous = None
+    for m in range(60):
+        items += [("user", f"message {m}: " + " ".join(words[: 4 + m % 9])),
+                  ("assistant", f"reply {m}: " + " ".join(words * (1 + m % 4)))]  # fmt: skip
+        turns = stored_turns_for(generator, items)
+        message = "And what about its sequel?" + " Really." * (m % 5) * 4
+        recalled = [
+            StoredTurn(role="user", text=f"I said thing {i} long ago.", time=0, tokens=8, id=1 + i)
+            for i in range(m % 3)
+        ]
+        window = build_context(generator, system=SYSTEM, message=message, turns=turns,
+                               budget=budget, recalled=recalled)  # fmt: skip
+        check_window(generator, window, message, budget)
+        # Neither what is recalled nor the message's length moves the start.
+        for other in (
+            build_context(generator, system=SYSTEM, message="hi", turns=turns, budget=budget),
+            build_context(generator, system=SYSTEM, message=message, turns=turns,
+                          budget=budget, recalled=recalled[:1]),
+        ):  # fmt: skip
+            assert other.oldest_turn_id == window.oldest_turn_id
+        starts.append(window.oldest_turn_id)
+        history = sum(t.tokens for t in turns if window.oldest_turn_id <= t.id)  # type: ignore[attr-defined]
+        if previous is not None and previous.oldest_turn_id == window.oldest_turn_id:
+            # The same start: the new window extends the last (history, then the reply),
+            # so all of it but the current message is read already.
+            assert window.messages[: len(previous.messages) - 1] == previous.messages[:-1]
+        if window.oldest_turn_id != 1:
+            assert history >= budget // 4  # at least half of the room left for history
+        previous = window
+    moved = [m for m in range(1, len(starts)) if starts[m] != starts[m - 1]]
+    assert starts[0] == 1 and moved, "the conversation outgrew the window"
+    assert starts == sorted(starts)  # never back
+    assert len(moved) <= (len(starts) - moved[0]) // 3  # at most once in three messages

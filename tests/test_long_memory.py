@@ -58,7 +58,10 @@ async def test_a_fact_far_beyond_the_window_is_recalled(
     )  # fmt: skip
     assert snapshot.turns[0].id > 8  # the fact's turn is far outside the recent turns
     assert window.recalled >= 1
-    assert "Ingrid" in window.messages[0]["content"]
+    # In the user's message, before what they ask now: they are the user's own words.
+    assert "Ingrid" in window.messages[-1]["content"]
+    assert window.messages[-1]["content"].endswith("What is my sister's name?")
+    assert "Ingrid" not in window.messages[0]["content"]
     assert window.tokens <= 600
     # The same question with recall off: the fact is gone.
     plain = WindowPolicy(budget=600, recall_limit=0).build(generator, SYSTEM, "hi", snapshot)
