@@ -303,6 +303,8 @@ async def long_conversation(
         "read_tokens_mean": round(sum(read) / messages),
         # The share of the prompts' tokens the model read; the rest came from its cache.
         "read_share": round(sum(read) / max(prompt, 1), 3),
+        "read_tokens": read,
+        "prompt_tokens": [r.prompt_tokens for r in results],
         "ttft_p50_s": round(percentile(ttfts, 0.50), 3),
         "ttft_p95_s": round(percentile(ttfts, 0.95), 3),
     }

@@ -20,7 +20,7 @@ async def test_the_benchmark_reports_every_level_and_plots(
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = await main(
         settings, levels=[1, 3], seconds=8, max_new_tokens=4, cold=False,
-        out=out, png=png,
+        out=out, png=png, long_messages=3,
     )  # fmt: skip
     assert json.loads(out.read_text()) == result
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -41,6 +41,14 @@ async def test_the_benchmark_reports_every_level_and_plots(
     for level in result["batched"]:
         assert level["prefix_hits"] >= level["requests"] - 1
         assert level["prefix_reused_tokens"] > level["users"] * level["prompt_tokens_mean"] / 2
+    # One member past the window: the first message reads nearly all; the next ones read
+    # little more than what is new (the window's start holds), from the cache.
+    long = result["long_conversation"]
+    assert long["messages"] == 3 and long["prompt_tokens_mean"] > 1000
+    assert long["read_tokens"][0] > long["prompt_tokens"][0] * 0.8  # all but the system prompt
+    assert min(long["read_tokens"][1:]) < long["prompt_tokens"][1] / 5
+    assert 0 < long["read_share"] < 1 and long["ttft_p95_s"] >= long["ttft_p50_s"] > 0
+    assert "long conversation" in report(result)
     assert result["peak_rss_mb"] > 100
     assert result["dtype"] in {"float32", "bfloat16"}
     assert result["weight_products"] in PRODUCTS
