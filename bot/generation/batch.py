@@ -311,12 +311,11 @@ class BatchEngine:
                     source, reuse = live, shared
             if reuse:
                 self._slab.ensure(len(request.prompt))
-                data = self._slab.data
                 if source is not None:
-                    data[:, :, slot, :, :reuse] = data[:, :, source.slot, :, :reuse]
+                    self._slab.move(source.slot, slot, reuse)
                 else:
                     assert entry is not None
-                    data[:, :, slot, :, :reuse] = entry.states[:, :, :, :reuse]
+                    self._slab.write(slot, entry.states, reuse)
                 self.prefixes.hits += 1
                 self.prefixes.reused += reuse
             rng = None
@@ -348,9 +347,7 @@ class BatchEngine:
             if id(leader) not in live:  # it was cancelled: read the prompt alone
                 row.follow = None
             elif leader.length >= shared:
-                self._slab.data[:, :, row.slot, :, :shared] = self._slab.data[
-                    :, :, leader.slot, :, :shared
-                ]
+                self._slab.move(leader.slot, row.slot, shared)
                 if row.length == 0:  # (a hit in the cache was counted already)
                     self.prefixes.hits += 1
                 self.prefixes.reused += shared - row.length

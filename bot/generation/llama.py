@@ -141,18 +141,24 @@ class Segment:
 
 
 class KVSlab:
-    """The KV cache of every row: one tensor [layers, 2, slots, kv_heads, capacity,
+    """The KV cache of every row: per layer, one tensor [2, slots, kv_heads, capacity,
     head_dim]. A row lives in one slot from position 0; it grows in capacity steps
-    (reallocated, rows copied) and is freed whole when the engine is idle."""
+    (reallocated, rows copied) and is freed whole when the engine is idle.
 
-    STEP = 256
+    One tensor per layer, not one for all: growing reallocates a layer at a time, so
+    the old and the new slab are never held whole at once; and it grows by 128
+    positions, so every slot wastes less. Measured with `python -m bot bench`'s serving
+    process (8 members for 20 s, float32, 2-core AMD EPYC), its peak: 1.46 GB with one
+    tensor grown by 256 positions, 1.41 GB by 128, 1.30 GB per layer by 128."""
+
+    STEP = 128
 
     def __init__(self, config: LlamaConfig, slots: int, dtype: Any, device: Any) -> None:
         self.config = config
         self.slots = slots
         self.dtype = dtype
         self.device = device
-        self.data: Any = None
+        self.layers: list[Any] = []
         self.capacity = 0
 
     def ensure(self, length: int) -> None:
@@ -161,28 +167,36 @@ class KVSlab:
             return
         capacity = min(-(-length // self.STEP) * self.STEP, max(length, self.config.context_length))
         c = self.config
-        data = torch.zeros(
-            (c.layers, 2, self.slots, c.kv_heads, capacity, c.head_dim),
-            dtype=self.dtype, device=self.device,
-        )  # fmt: skip
-        if self.data is not None:
-            data[..., : self.capacity, :] = self.data
-        self.data, self.capacity = data, capacity
+        shape = (2, self.slots, c.kv_heads, capacity, c.head_dim)
+        grown = len(self.layers) == c.layers
+        for i in range(c.layers):
+            data = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if grown:
+                data[..., : self.capacity, :] = self.layers[i]
+                self.layers[i] = data  # the old layer is freed here
+            else:
+                self.layers.append(data)
+        self.capacity = capacity
 
     def release(self) -> None:
-        self.data, self.capacity = None, 0
+        self.layers, self.capacity = [], 0
 
     def move(self, source: int, target: int, length: int) -> None:
-        self.data[:, :, target, :, :length] = self.data[:, :, source, :, :length]
+        """Copy a row's first `length` positions to another slot."""
+        for data in self.layers:
+            data[:, target, :, :length] = data[:, source, :, :length]
 
     def read(self, slot: int, length: int) -> Any:
         """A copy of a row's first `length` positions: [layers, 2, kv_heads, length, dim]."""
-        return self.data[:, :, slot, :, :length].clone()
+        return torch.stack([data[:, slot, :, :length] for data in self.layers])
 
-    def write(self, slot: int, states: Any) -> None:
-        length = states.shape[3]
+    def write(self, slot: int, states: Any, length: int | None = None) -> None:
+        """Put `states` (as `read` returns them), or their first `length` positions,
+        into a slot."""
+        length = states.shape[3] if length is None else length
         self.ensure(length)
-        self.data[:, :, slot, :, :length] = states
+        for data, layer in zip(self.layers, states, strict=True):
+            data[:, slot, :, :length] = layer[:, :, :length]
 
 
 _SAFETENSORS_DTYPES = {
@@ -407,7 +421,7 @@ class LlamaModel:
             h = self._norm(x, layer.attention_norm)
             qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(n, heads + 2 * kv, c.head_dim)
             qk = _rotate(qkv[:, : heads + kv], cos, sin)  # q and k rotated together
-            keys, values = slab.data[i, 0], slab.data[i, 1]
+            keys, values = slab.layers[i]
             keys[slots, :, positions] = qk[:, heads:]
             values[slots, :, positions] = qkv[:, heads + kv :]
             attended = self._attend(
