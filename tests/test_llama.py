@@ -188,3 +188,28 @@ def test_the_choice_of_products_is_remembered_per_machine(
 def test_other_architectures_are_declined(config: dict[str, Any]) -> None:
     full = {**SMALL, "num_attention_heads": 4, **config}
     assert LlamaConfig.of(full) is None
+
+
+def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
+    config = LlamaConfig(
+        hidden=8, layers=3, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5,
+        rope_theta=10000.0, vocab=16, tied=True, context_length=4096,
+    )  # fmt: skip
+    slab = llama.KVSlab(config, slots=2, dtype=torch.float32, device="cpu")
+    slab.ensure(10)
+    assert slab.capacity == llama.KVSlab.STEP and len(slab.layers) == config.layers
+    first = torch.randn(config.layers, 2, 1, 10, 4)
+    slab.write(0, first)
+    grown_from = [layer.data_ptr() for layer in slab.layers]
+    second = torch.randn(config.layers, 2, 1, 300, 4)
+    slab.write(1, second)  # grows every layer to 384 positions
+    assert slab.capacity == 3 * llama.KVSlab.STEP
+    assert all(layer.data_ptr() != old for layer, old in zip(slab.layers, grown_from, strict=True))
+    assert torch.equal(slab.read(0, 10), first) and torch.equal(slab.read(1, 300), second)
+    slab.move(1, 0, 50)
+    assert torch.equal(slab.read(0, 50), second[:, :, :, :50])
+    slab.write(1, first, length=4)  # only the first 4 positions
+    assert torch.equal(slab.read(1, 4), first[:, :, :, :4])
+    assert torch.equal(slab.read(1, 300)[:, :, :, 4:], second[:, :, :, 4:])
+    slab.release()
+    assert slab.capacity == 0 and not slab.layers
