@@ -134,7 +134,8 @@ def test_the_faster_products_are_chosen() -> None:
     assert ours is not None
     took = llama.choose_products(ours, rows=4)
     assert set(took) == set(PRODUCTS) and all(t > 0 for t in took.values())
-    assert ours.products == min(took, key=took.__getitem__)
+    # The times come rounded to 0.1 ms: on a tiny model both ways may round alike.
+    assert took[ours.products] == min(took.values())
 
 
 def test_the_choice_of_products_is_remembered_per_machine(
