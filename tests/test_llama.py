@@ -1,8 +1,10 @@
 """The batch engine's own forward pass against transformers' implementation of each
 architecture it accepts, on small randomly initialised models (no download): logits of
 a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass,
-with either way of computing the weight products; loading safetensors (converted while
-read, joined matrices read in place); and the per-machine choice of products."""
+with each way of computing the weight products (packed for oneDNN included: the
+plain matrices replaced, padding rows kept out of the cache); loading safetensors
+(converted while read, joined matrices read in place); and the per-machine choice of
+products."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ import pytest
 import torch
 
 from bot.generation import llama
-from bot.generation.llama import PRODUCTS, LlamaConfig, LlamaModel, Segment
+from bot.generation.llama import (
+    PRODUCTS,
+    LlamaConfig,
+    LlamaModel,
+    Segment,
+    available_products,
+    packing_available,
+)  # fmt: skip
 from bot.generation.local import PRODUCTS_FILE, choose_products_cached
 
 SMALL = {
@@ -54,6 +63,8 @@ VARIANTS = {
 @pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_logits_match_transformers(name: str, products: str) -> None:
+    if products not in available_products():
+        pytest.skip("torch was built without oneDNN")
     kind = name.split("-", maxsplit=1)[0].removesuffix("3")
     reference = build(kind, **VARIANTS[name])
     ours = LlamaModel.from_transformers(reference)
@@ -133,7 +144,7 @@ def test_the_faster_products_are_chosen() -> None:
     ours = LlamaModel.from_transformers(build("llama"))
     assert ours is not None
     took = llama.choose_products(ours, rows=4)
-    assert set(took) == set(PRODUCTS) and all(t > 0 for t in took.values())
+    assert set(took) == set(available_products()) and all(t > 0 for t in took.values())
     # The times come rounded to 0.1 ms: on a tiny model both ways may round alike.
     assert took[ours.products] == min(took.values())
 
@@ -148,7 +159,7 @@ def test_the_choice_of_products_is_remembered_per_machine(
     def measure(model: LlamaModel, rows: int) -> dict[str, float]:
         measured.append(rows)
         model.products = "transposed"
-        return {"linear": 2.0, "transposed": 1.0}
+        return {p: 1.0 if p == "transposed" else 2.0 for p in available_products()}
 
     monkeypatch.setattr(llama, "choose_products", measure)
     assert choose_products_cached(ours, 4, tmp_path) == "transposed"
@@ -174,6 +185,62 @@ def test_the_choice_of_products_is_remembered_per_machine(
     assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
     assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
     assert measured == [4, 8, 4, 4, 4]
+    # An entry written before a way of computing was offered is measured again.
+    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
+    (key,) = [k for k in remembered if "4 rows" in k]
+    remembered[key]["ms_per_pass"] = {"linear": 2.0, "transposed": 1.0}
+    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
+    choose_products_cached(ours, 4, tmp_path)
+    assert measured == [4, 8, 4, 4, 4, 4] or not packing_available()
+
+
+@pytest.mark.skipif(not packing_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("name", ["llama", "llama-tied"])
+def test_packed_weights_replace_the_plain_ones(name: str) -> None:
+    """Packing converts every product matrix in place (no plain copy kept, except a
+    tied output matrix, which the embedding lookup reads), and unpacking gives back
+    the same numbers."""
+    ours = LlamaModel.from_transformers(build("llama", **VARIANTS[name]))
+    assert ours is not None
+    plain = [(layer.qkv.clone(), layer.down.clone()) for layer in ours.layers]
+    head = ours.lm_head.clone()
+    prompt = list(range(5, 45))
+    with torch.inference_mode():
+        want = ours.forward(ours.slab(1), prompt, [Segment(0, 0, len(prompt))])
+        ours.products = "packed"
+        assert all(layer.qkv.is_mkldnn and layer.gate_up.is_mkldnn for layer in ours.layers)
+        assert not ours.embed.is_mkldnn
+        assert ours.lm_head.is_mkldnn is (name == "llama")  # tied: the embedding, plain
+        got = ours.forward(ours.slab(1), prompt, [Segment(0, 0, len(prompt))])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        ours.products = "linear"
+    for layer, (qkv, down) in zip(ours.layers, plain, strict=True):
+        assert not layer.qkv.is_mkldnn and torch.equal(layer.qkv, qkv)
+        assert torch.equal(layer.down, down)
+    assert torch.equal(ours.lm_head, head)
+    with pytest.raises(ValueError, match="unknown"):
+        ours.products = "sparse"
+
+
+def test_padding_rows_stay_out_of_the_cache() -> None:
+    """A pass of 21 tokens multiplies 24 rows by the weights; the 3 padding rows write
+    nothing into the KV cache and change no logits."""
+    assert [llama.padded_rows(n) for n in (1, 8, 16, 17, 21, 24, 25, 136)] == [
+        1, 8, 16, 24, 24, 24, 32, 136,
+    ]  # fmt: skip
+    reference = build("llama")
+    ours = LlamaModel.from_transformers(reference)
+    assert ours is not None
+    prompt = list(range(3, 24))
+    slab = ours.slab(2)
+    with torch.inference_mode():
+        got = ours.forward(slab, prompt, [Segment(1, 0, len(prompt))])[0]
+        want = reference(torch.tensor([prompt])).logits[0, -1]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for data in slab.layers:
+        assert data[:, 0].abs().sum() == 0  # the other slot: untouched
+        assert data[:, 1, :, len(prompt) :].abs().sum() == 0  # nothing past the prompt
+        assert data[:, 1, :, : len(prompt)].abs().sum(dim=-1).min() > 0
 
 
 @pytest.mark.parametrize(

@@ -109,8 +109,11 @@ class LlamaConfig:
         return torch.where(medium, smoothed, slowed)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Layer:
+    """One decoder layer's weights. The four product matrices are plain tensors, or
+    packed for oneDNN when the model's products are "packed" (see `LlamaModel.products`)."""
+
     attention_norm: Any
     qkv: Any  # q, k and v projections, stacked
     qkv_bias: Any
@@ -311,10 +314,50 @@ class LlamaModel:
             )
         self.inv_freq = config.inverse_frequencies(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        # How each weight product is computed: "linear", x @ W^T as torch's linear does,
-        # or "transposed", (W @ x^T)^T, the same sums in another order of operands.
-        # Which is faster depends on the CPU's matrix library: see `choose_products`.
-        self.products = "linear"
+        self._products = "linear"
+        self._head = self.lm_head  # the output product's weight, packed or not
+
+    @property
+    def products(self) -> str:
+        """How each weight product is computed:
+        - "linear": x @ W^T as torch's linear does;
+        - "transposed": (W @ x^T)^T, the same sums in another order of operands;
+        - "packed": oneDNN's linear on weights reordered once into its blocked layout
+          (torch's own linear reorders a bf16 weight on every call). The plain matrices
+          are replaced by the packed ones, so this costs no memory, except for a tied
+          output matrix: the embedding lookup still needs it plain.
+        Which is faster depends on the CPU and its matrix library: see
+        `choose_products`. Setting it converts the weights (one matrix at a time, so
+        memory peaks at one matrix more)."""
+        return self._products
+
+    @products.setter
+    def products(self, products: str) -> None:
+        if products not in PRODUCTS:
+            raise ValueError(f"unknown weight products {products!r}")
+        packed = products == "packed"
+        if packed and not packing_available(self.device):
+            raise ValueError("packed weight products need oneDNN on a CPU")
+        if packed != (self._products == "packed"):
+            try:
+                self._convert(_pack if packed else _unpack)
+            except BaseException:
+                self._convert(_unpack)  # (every matrix plain again, as "linear" needs)
+                self._products = "linear"
+                raise
+        self._products = products
+
+    def _convert(self, convert: Any) -> None:
+        for layer in self.layers:
+            layer.qkv = convert(layer.qkv)
+            layer.out = convert(layer.out)
+            layer.gate_up = convert(layer.gate_up)
+            layer.down = convert(layer.down)
+        # A tied output matrix stays plain for the embedding lookup: its packed form is
+        # a copy. An untied one is replaced.
+        self._head = convert(self.lm_head if self.lm_head is self.embed else self._head)
+        if self.lm_head is not self.embed:
+            self.lm_head = self._head
 
     @classmethod
     def from_directory(cls, directory: Path, dtype: Any, device: Any) -> LlamaModel | None:
@@ -414,37 +457,44 @@ class LlamaModel:
         cos, sin = self._rope(positions)
         cos, sin = cos[:, None, :], sin[:, None, :]
         masks = self._masks(segments, decoding, slab.capacity)
-        x = self.embed[torch.tensor(ids, device=device)]
         n = len(ids)
+        # The weight products run on `rows` rows, n rounded up (padding rows: token 0,
+        # kept out of the cache and of attention): see `padded_rows`.
+        rows = padded_rows(n)
+        x = self.embed[torch.tensor(ids + [0] * (rows - n), device=device)]
         heads, kv = c.heads, c.kv_heads
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attention_norm)
-            qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(n, heads + 2 * kv, c.head_dim)
-            qk = _rotate(qkv[:, : heads + kv], cos, sin)  # q and k rotated together
+            qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(rows, heads + 2 * kv, c.head_dim)
+            qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
             keys, values = slab.layers[i]
             keys[slots, :, positions] = qk[:, heads:]
-            values[slots, :, positions] = qkv[:, heads + kv :]
+            values[slots, :, positions] = qkv[:n, heads + kv :]
             attended = self._attend(
                 qk[:, :heads], keys, values, segments=segments, decoding=decoding, masks=masks
             )
+            if rows > n:
+                attended = F.pad(attended, (0, 0, 0, rows - n))
             x = x + self._linear(attended, layer.out, layer.out_bias)
             h = self._norm(x, layer.mlp_norm)
             if self.transposed:  # gate and up stay transposed into the down product
                 gate, up = (layer.gate_up @ h.t()).chunk(2, dim=0)
                 x = x + (layer.down @ (F.silu(gate) * up)).t()
             else:
-                gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-                x = x + F.linear(F.silu(gate) * up, layer.down)
+                gate, up = self._linear(h, layer.gate_up, None).chunk(2, dim=-1)
+                x = x + self._linear(F.silu(gate) * up, layer.down, None)
         last = []
         offset = 0
         for s in segments:
             offset += s.count
             last.append(offset - 1)
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
-        return self._linear(x, self.lm_head, None)
+        return self._linear(x, self._head, None)
 
     def _linear(self, x: Any, weight: Any, bias: Any) -> Any:
         """x @ weight^T (+ bias), as `products` says to compute it."""
+        if self._products == "packed":
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
         if not self.transposed:
             return F.linear(x, weight, bias)
         out = (weight @ x.t()).t()
@@ -521,6 +571,18 @@ class LlamaModel:
 
 
 WIDTH_STEP = 128
+ROW_STEP = 8
+
+
+def padded_rows(n: int) -> int:
+    """How many rows a pass of `n` tokens multiplies by the weights: `n` up to 16
+    (decode passes), above that `n` rounded up to ROW_STEP. oneDNN prepares a kernel
+    for every distinct row count and keeps it (about 0.6 MB a weight matrix), so passes
+    reading prompts, of any count up to the batch plus the chunk, grew the process:
+    measured with the embedded model, bf16, packed products, every count from 1 to 136
+    added 347 MB unrounded and 70 MB rounded (at most 31 counts, for at most 7 padding
+    rows in a pass of 17 or more)."""
+    return n if n <= 16 else -(-n // ROW_STEP) * ROW_STEP
 
 
 def _rounded(width: int, capacity: int) -> int:
@@ -533,36 +595,71 @@ def _rotate(x: Any, cos: Any, sin: Any) -> Any:
     return (x * cos) + (rotated * sin)
 
 
-PRODUCTS = ("linear", "transposed")
+PRODUCTS = ("linear", "transposed", "packed")
+
+# The batch width oneDNN is told to expect when a weight is packed (it picks the
+# blocked layout by it; any number of rows can be multiplied by the packed weight).
+PACK_ROWS = 8
+
+
+def packing_available(device: Any = "cpu") -> bool:
+    """Whether weights can be packed for oneDNN here: a CPU, and a torch built with it."""
+    return (
+        torch.device(device).type == "cpu"
+        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def available_products(device: Any = "cpu") -> tuple[str, ...]:
+    return PRODUCTS if packing_available(device) else PRODUCTS[:2]
+
+
+def _pack(weight: Any) -> Any:
+    if weight.is_mkldnn:
+        return weight
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+
+
+def _unpack(weight: Any) -> Any:
+    return weight.to_dense() if weight.is_mkldnn else weight
 
 
 def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
     """Time a decode pass of `rows` rows with each way of computing the weight
-    products, keep the faster in `model.products`, and return the milliseconds a pass
-    took each way (the best of `rounds`, after one pass each to warm up).
+    products this machine offers, keep the fastest in `model.products`, and return the
+    milliseconds a pass took each way (the best of `rounds`, after one pass to warm up).
 
-    A decode pass multiplies a few rows by every weight matrix, read from memory. Some
-    matrix libraries do this much faster with the weight as the left operand: on a
-    2-core AMD EPYC without AVX-512 (MKL, float32), a pass of 8 rows took 139 ms that
-    way against 292 ms through `linear` (one row: 76 against 83 ms; a 128-token prompt
-    chunk: 381 against 480 ms), while in bfloat16 on the same CPU `linear` was the
-    faster. So it is measured on the machine, once per load."""
+    A decode pass multiplies a few rows by every weight matrix, read from memory, and
+    the fastest way depends on the matrix library and the CPU. Measured on 2 cores:
+    - an AMD EPYC without AVX-512 (MKL, float32): 8 rows took 139 ms with the weight
+      as the left operand ("transposed") against 292 ms through `linear`, while in
+      bfloat16 on the same CPU `linear` was the faster;
+    - an AMD EPYC with AVX-512 (bfloat16): the layers' products for 8 rows took
+      12.5 ms packed for oneDNN against 23.5 ms through `linear` (136 rows, a prompt
+      chunk: 78 against 89 ms), the same numbers bit for bit.
+    So it is measured on the machine (and remembered: `local.choose_products_cached`).
+    Each way is timed in turn, so the weights are converted at most twice."""
     slab = model.slab(rows)
     slab.ensure(WIDTH_STEP)
     segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
     ids = [0] * rows
-    best = {p: math.inf for p in PRODUCTS}
+    best: dict[str, float] = {}
     try:
         with torch.inference_mode():
-            for round_ in range(rounds + 1):
-                for products in PRODUCTS:
+            for products in available_products(model.device):
+                try:
                     model.products = products
-                    started = time.perf_counter()
-                    model.forward(slab, ids, segments, decoding=rows)
-                    took = (time.perf_counter() - started) * 1000
-                    if round_:  # the first round warms up each way
-                        best[products] = min(best[products], took)
+                    for round_ in range(rounds + 1):
+                        started = time.perf_counter()
+                        model.forward(slab, ids, segments, decoding=rows)
+                        took = (time.perf_counter() - started) * 1000
+                        if round_:  # the first pass warms up
+                            best[products] = min(best.get(products, math.inf), took)
+                except RuntimeError:  # (a oneDNN build that cannot pack these weights)
+                    best.pop(products, None)
     finally:
         slab.release()
-    model.products = min(PRODUCTS, key=lambda p: best[p])
+    model.products = min(best, key=lambda p: best[p])
     return {p: round(t, 1) for p, t in best.items()}

@@ -461,7 +461,7 @@ def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str
     only the first start on a machine pays for the measurement."""
     import torch
 
-    from bot.generation.llama import PRODUCTS, choose_products
+    from bot.generation.llama import available_products, choose_products
 
     key = " | ".join(
         [_cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
@@ -475,9 +475,20 @@ def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str
     except (OSError, ValueError):
         known = {}
     entry = known.get(key)
-    if isinstance(entry, dict) and entry.get("products") in PRODUCTS:
-        model.products = entry["products"]
-        return model.products
+    offered = available_products(model.device)
+    # An entry that did not time every way offered now (written before a way was
+    # added) is measured again.
+    if (
+        isinstance(entry, dict)
+        and entry.get("products") in offered
+        and isinstance(entry.get("ms_per_pass"), dict)
+        and set(offered) <= set(entry["ms_per_pass"])
+    ):
+        try:
+            model.products = entry["products"]
+            return model.products
+        except (RuntimeError, ValueError) as exc:
+            log.warning("remembered weight products %s failed (%s): measuring", entry, exc)
     took = choose_products(model, rows)
     log.info("weight products: %s (ms per %d-row pass: %s)", model.products, rows, took)
     known[key] = {"products": model.products, "ms_per_pass": took}
