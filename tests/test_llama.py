@@ -209,8 +209,7 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
         want = ours.forward(ours.slab(1), prompt, [Segment(0, 0, len(prompt))])
         ours.products = "packed"
         assert all(layer.qkv.is_mkldnn and layer.gate_up.is_mkldnn for layer in ours.layers)
-        assert not ours.embed.is_mkldnn
-        assert ours.lm_head.is_mkldnn is (name == "llama")  # tied: the embedding, plain
+        assert ours.lm_head.is_mkldnn and not ours.embed.is_mkldnn  # (tied: a packed copy)
         got = ours.forward(ours.slab(1), prompt, [Segment(0, 0, len(prompt))])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         ours.products = "linear"
@@ -218,6 +217,7 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
         assert not layer.qkv.is_mkldnn and torch.equal(layer.qkv, qkv)
         assert torch.equal(layer.down, down)
     assert torch.equal(ours.lm_head, head)
+    assert (ours.lm_head is ours.embed) is (name == "llama-tied")  # tied again
     with pytest.raises(ValueError, match="unknown"):
         ours.products = "sparse"
 

@@ -315,7 +315,7 @@ class LlamaModel:
         self.inv_freq = config.inverse_frequencies(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self._products = "linear"
-        self._head = self.lm_head  # the output product's weight, packed or not
+        self._tied = self.lm_head is self.embed
 
     @property
     def products(self) -> str:
@@ -353,11 +353,9 @@ class LlamaModel:
             layer.out = convert(layer.out)
             layer.gate_up = convert(layer.gate_up)
             layer.down = convert(layer.down)
-        # A tied output matrix stays plain for the embedding lookup: its packed form is
-        # a copy. An untied one is replaced.
-        self._head = convert(self.lm_head if self.lm_head is self.embed else self._head)
-        if self.lm_head is not self.embed:
-            self.lm_head = self._head
+        # A tied output matrix is the embedding, which the lookup reads plain: packed, it
+        # is a copy; unpacked, the embedding again.
+        self.lm_head = self.embed if self._tied and convert is _unpack else convert(self.lm_head)
 
     @classmethod
     def from_directory(cls, directory: Path, dtype: Any, device: Any) -> LlamaModel | None:
@@ -489,7 +487,7 @@ class LlamaModel:
             offset += s.count
             last.append(offset - 1)
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
-        return self._linear(x, self._head, None)
+        return self._linear(x, self.lm_head, None)
 
     def _linear(self, x: Any, weight: Any, bias: Any) -> Any:
         """x @ weight^T (+ bias), as `products` says to compute it."""
