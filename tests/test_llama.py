@@ -202,7 +202,9 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
     the same numbers."""
     ours = LlamaModel.from_transformers(build("llama", **VARIANTS[name]))
     assert ours is not None
-    plain = [(layer.qkv.clone(), layer.down.clone()) for layer in ours.layers]
+    plain = [
+        (layer.qkv.clone(), layer.gate_up.clone(), layer.down.clone()) for layer in ours.layers
+    ]
     head = ours.lm_head.clone()
     prompt = list(range(5, 45))
     with torch.inference_mode():
@@ -213,9 +215,9 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
         got = ours.forward(ours.slab(1), prompt, [Segment(0, 0, len(prompt))])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         ours.products = "linear"
-    for layer, (qkv, down) in zip(ours.layers, plain, strict=True):
+    for layer, (qkv, gate_up, down) in zip(ours.layers, plain, strict=True):
         assert not layer.qkv.is_mkldnn and torch.equal(layer.qkv, qkv)
-        assert torch.equal(layer.down, down)
+        assert torch.equal(layer.gate_up, gate_up) and torch.equal(layer.down, down)
     assert torch.equal(ours.lm_head, head)
     assert (ours.lm_head is ours.embed) is (name == "llama-tied")  # tied again
     with pytest.raises(ValueError, match="unknown"):

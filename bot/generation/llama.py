@@ -423,9 +423,14 @@ class LlamaModel:
         return KVSlab(self.config, slots, self.dtype, self.device)
 
     def _rope(self, positions: Any) -> tuple[Any, Any]:
+        """cos and sin of each position's angles, the sin's first half negated (see
+        `_rotate`)."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        sin = freqs.sin()
+        return (
+            torch.cat((freqs, freqs), dim=-1).cos().to(self.dtype),
+            torch.cat((-sin, sin), dim=-1).to(self.dtype),
+        )
 
     def _norm(self, x: Any, weight: Any) -> Any:
         """RMSNorm computed in float32, scaled in the model's dtype (as transformers)."""
@@ -459,15 +464,21 @@ class LlamaModel:
         # The weight products run on `rows` rows, n rounded up (padding rows: token 0,
         # kept out of the cache and of attention): see `padded_rows`.
         rows = padded_rows(n)
-        x = self.embed[torch.tensor(ids + [0] * (rows - n), device=device)]
+        x = F.embedding(torch.tensor(ids + [0] * (rows - n), device=device), self.embed)
         heads, kv = c.heads, c.kv_heads
+        # Where each token's keys and values go in a layer of the slab, seen as rows of
+        # head_dim: its keys' heads, then its values' heads (one copy a layer).
+        at = (slots[:, None] * kv + torch.arange(kv, device=device)) * slab.capacity
+        at = at + positions[:, None]
+        at = torch.cat((at, at + slab.slots * kv * slab.capacity), dim=1).view(-1)
         for i, layer in enumerate(self.layers):
             h = self._norm(x, layer.attention_norm)
             qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(rows, heads + 2 * kv, c.head_dim)
             qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
             keys, values = slab.layers[i]
-            keys[slots, :, positions] = qk[:, heads:]
-            values[slots, :, positions] = qkv[:n, heads + kv :]
+            slab.layers[i].view(-1, c.head_dim).index_copy_(
+                0, at, torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1).view(-1, c.head_dim)
+            )
             attended = self._attend(
                 qk[:, :heads], keys, values, segments=segments, decoding=decoding, masks=masks
             )
@@ -503,8 +514,9 @@ class LlamaModel:
         return self.products == "transposed"
 
     def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Any]:
-        """Per attention call: the boolean mask of what each query token may see (for
-        the decoding rows, of what each may not).
+        """Per attention call, what each query token may see: a mask added to the
+        scores, 0 where it may look and -inf where it may not (None for a prompt read
+        from its start: causal attention).
 
         The decoding rows' width is rounded up to `WIDTH_STEP` columns (the rest
         masked): their products go to the CPU's matrix library, which keeps a prepared
@@ -519,9 +531,12 @@ class LlamaModel:
         if decoding:
             ends = torch.tensor([s.start for s in segments[:decoding]], device=device)
             width = _rounded(int(ends.max()) + 1, capacity)
-            # Inverted: True where a row may not look (its padding, or others' rows).
+            # Added to the scores: -inf where a row may not look (past its end).
+            hidden = torch.arange(width, device=device)[None, :] > ends[:, None]
             masks.append(
-                (torch.arange(width, device=device)[None, :] > ends[:, None])[:, None, None, :]
+                torch.zeros(hidden.shape, device=device).masked_fill_(hidden, float("-inf"))[
+                    :, None, None, :
+                ]
             )
         for s in segments[decoding:]:
             if s.start == 0:
@@ -529,7 +544,10 @@ class LlamaModel:
             else:
                 seen = torch.arange(s.start + s.count, device=device)[None, :]
                 mine = torch.arange(s.start, s.start + s.count, device=device)[:, None]
-                masks.append((seen <= mine)[None, None])
+                # Added to the scores (as SDPA would turn a boolean mask, once per
+                # layer; here once per pass).
+                hidden = torch.zeros(mine.shape[0], seen.shape[1], dtype=self.dtype, device=device)
+                masks.append(hidden.masked_fill_(seen > mine, float("-inf"))[None, None])
         return masks
 
     def _attend(
@@ -550,7 +568,7 @@ class LlamaModel:
             # (twice as fast as query @ keys^T on this CPU in bf16).
             scores = torch.matmul(keys[:decoding, :, :width], query.transpose(-1, -2))
             scores = scores.transpose(-1, -2)
-            scores = (scores.float() * self.scale).masked_fill(masks[0], float("-inf"))
+            scores = torch.add(masks[0], scores.float(), alpha=self.scale)
             probs = scores.softmax(dim=-1).to(q.dtype)
             attended = torch.matmul(probs, values[:decoding, :, :width])
             out.append(attended.reshape(decoding, c.heads * c.head_dim))
@@ -591,10 +609,11 @@ def _rounded(width: int, capacity: int) -> int:
     return min(-(-width // WIDTH_STEP) * WIDTH_STEP, capacity)
 
 
-def _rotate(x: Any, cos: Any, sin: Any) -> Any:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos) + (rotated * sin)
+def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
+    """Rotary embedding: x * cos + rotate_half(x) * sin, where rotate_half(x) is
+    (-x2, x1) of x's halves (x1, x2). Written as the halves swapped times the sin
+    with its first half negated: the same numbers, bit for bit, in fewer operations."""
+    return (x * cos) + (x.roll(x.shape[-1] // 2, dims=-1) * signed_sin)
 
 
 PRODUCTS = ("linear", "transposed", "packed")
