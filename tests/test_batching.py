@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bot.generation.base import GenerationParams, Owner
-from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache
+from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache, _Row, choose_next
 from bot.generation.local import LocalGenerator
 from bot.generation.queue import QUEUE_FULL, FairQueue, QueueFull, too_many
 from bot.settings import ModelSettings
@@ -322,6 +322,48 @@ def test_the_oldest_prompt_keeps_a_share_of_every_pass() -> None:
     short_oldest = row(10)
     shares = BatchEngine._shares(SimpleNamespace(chunk=64), [short_oldest, row(300)])  # type: ignore[arg-type]
     assert [n for _, n in shares] == [10, 54]
+
+
+def test_tokens_chosen_together_are_each_rows_own_choice() -> None:
+    """Greedy rows are chosen in one go per repetition penalty, beside a sampled row;
+    each gets the token its own scores give (the penalty on its own tokens only, as
+    `generate` applies it), also as the rows grow."""
+    g = torch.Generator().manual_seed(3)
+    vocab = 500
+
+    def row(penalty: float, temperature: float = 0.0) -> _Row:
+        params = GenerationParams(temperature=temperature, repetition_penalty=penalty)
+        request = BatchRequest(
+            prompt=[], params=params, max_new_tokens=10, on_token=print, done=print
+        )
+        tokens = torch.randint(0, vocab, (int(torch.randint(5, 60, (1,), generator=g)),))
+        rng = torch.Generator().manual_seed(7)
+        return _Row(request, tokens.tolist(), slot=0, length=0, rng=rng)
+
+    def alone(row: _Row, scores: torch.Tensor) -> int:
+        scores = scores.float().clone()
+        penalty = row.request.params.repetition_penalty
+        seen = torch.tensor(row.tokens)
+        picked = scores[seen]
+        scores[seen] = torch.where(picked < 0, picked * penalty, picked / penalty)
+        return int(scores.argmax())
+
+    rows = [row(1.1), row(1.0), row(1.3), row(1.1), row(1.2, temperature=0.7), row(1.1)]
+    for _ in range(4):
+        logits = torch.randn(len(rows) + 2, vocab, generator=g).to(torch.bfloat16)
+        # Make the penalty matter: each row's best token is one it has seen.
+        for i, r in enumerate(rows):
+            logits[i + 2, r.tokens[-1]] = logits[i + 2].max() + 0.05
+        at = [i + 2 for i in range(len(rows))]
+        got = choose_next(rows, at, logits)
+        for r, i, token in zip(rows, at, got, strict=True):
+            if r.request.params.greedy:
+                assert token == alone(r, logits[i])
+            else:
+                assert 0 <= token < vocab
+        assert got[1] == rows[1].tokens[-1]  # no penalty: its seen token stays first
+        for r, token in zip(rows, got, strict=True):
+            r.tokens.append(token)
 
 
 async def test_a_prompt_copies_its_start_from_a_row_decoding_now(

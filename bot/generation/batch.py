@@ -119,6 +119,14 @@ class PrefixCache:
         self._entries.clear()
 
 
+def _penalised(scores: Any, penalty: float) -> Any:
+    """Scores of tokens already seen, made less likely (as `generate`'s repetition
+    penalty: divided by the penalty when positive, multiplied when negative)."""
+    import torch
+
+    return torch.where(scores < 0, scores * penalty, scores / penalty)
+
+
 def _common(a: list[int], b: list[int], limit: int) -> int:
     n = min(len(a), len(b), limit)
     if a[:n] == b[:n]:
@@ -143,6 +151,11 @@ class _Row:
     generated: int = 0
     rng: Any = None
     follow: tuple[_Row, int] | None = None  # a row reading the same start, and how far
+    # The distinct tokens of `tokens[:counted]`, as a set and as a tensor (for the
+    # repetition penalty; grown as tokens come, not rebuilt every pass).
+    seen: set[int] = field(default_factory=set)
+    seen_ids: Any = None
+    counted: int = 0
 
 
 class BatchEngine:
@@ -392,14 +405,18 @@ class BatchEngine:
             row.tokens.append(row.next_token)
         for row, segment in zip(reading, segments[len(rows) :], strict=True):
             row.length += segment.count
-        for i, row in enumerate(rows):
-            if not self._accept(row, logits[i]):
+        read = [
+            (len(rows) + j, r) for j, r in enumerate(reading) if r.length >= len(r.request.prompt)
+        ]
+        tokens = choose_next(
+            [*rows, *(r for _, r in read)], [*range(len(rows)), *(j for j, _ in read)], logits
+        )
+        for row, token in zip(rows, tokens[: len(rows)], strict=True):
+            if not self._accept(row, token):
                 self._leave(row)
-        for j, row in enumerate(reading):
-            if row.length < len(row.request.prompt):
-                continue
+        for (_, row), token in zip(read, tokens[len(rows) :], strict=True):
             self._filling.remove(row)
-            if self._accept(row, logits[len(rows) + j]):
+            if self._accept(row, token):
                 self._promote(row)
 
     def _shares(self, waiting: list[_Row]) -> list[tuple[_Row, int]]:
@@ -460,11 +477,10 @@ class BatchEngine:
         if not self.prefixes.covers(tokens):  # (a reply cut short, asked again)
             self.prefixes.add(tokens, self._slab.read(row.slot, row.length))
 
-    def _accept(self, row: _Row, logits: Any) -> bool:
-        """Choose the row's next token; False when the row has finished (its KV kept
-        for the conversation's next message, then the request told)."""
+    def _accept(self, row: _Row, token: int) -> bool:
+        """Take the row's next token; False when the row has finished (its KV kept for
+        the conversation's next message, then the request told)."""
         request = row.request
-        token = self._choose(row, logits)
         if token not in self._eos:
             row.generated += 1
             row.next_token = token
@@ -479,30 +495,72 @@ class BatchEngine:
         request.done(None)
         return False
 
-    def _choose(self, row: _Row, logits: Any) -> int:
-        torch = self._torch
+
+def choose_next(rows: list[_Row], at: list[int], logits: Any) -> list[int]:
+    """The next token of each row, from its logits (`logits[at[i]]` for rows[i]).
+
+    Greedy rows are chosen together, one set of operations for all rows with the
+    same repetition penalty (row by row, choosing took about 1.8 ms of every pass
+    of 8 rows on this project's 2-core CPU, as much as a tenth of the pass)."""
+    import torch
+
+    device = logits.device
+    tokens: list[int] = [0] * len(rows)
+    greedy: dict[float, list[int]] = {}
+    for i, row in enumerate(rows):
         params = row.request.params
-        scores = logits.float()
-        if params.repetition_penalty != 1.0:
-            seen = torch.tensor(row.tokens, device=scores.device)
-            picked = scores.gather(0, seen)
-            picked = torch.where(
-                picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty
-            )
-            scores = scores.scatter(0, seen, picked)
         if params.greedy:
-            return int(scores.argmax())
-        scores = scores / params.temperature
-        # Top-k first, then top-p within those k, as `generate` orders them; working on
-        # the k candidates only (not a sort of the whole vocabulary) keeps a step cheap.
-        k = min(params.top_k, scores.shape[-1]) if params.top_k else scores.shape[-1]
-        values, candidates = torch.topk(scores, k)  # sorted, highest first
-        if params.top_p < 1.0:
-            cumulative = values.softmax(dim=-1).cumsum(dim=-1)
-            # Drop a candidate once the ones above it already hold top_p (as
-            # `generate`: the lowest ones whose mass stays within 1 - top_p go).
-            drop = (1 - cumulative + values.softmax(dim=-1)) <= (1 - params.top_p)
-            drop[0] = False  # keep at least one token
-            values = values.masked_fill(drop, float("-inf"))
-        probs = values.softmax(dim=-1)
-        return int(candidates[torch.multinomial(probs, 1, generator=row.rng)])
+            greedy.setdefault(params.repetition_penalty, []).append(i)
+        else:
+            tokens[i] = _sample(row, logits[at[i]])
+    for penalty, which in greedy.items():
+        scores = logits[torch.tensor([at[i] for i in which], device=device)].float()
+        if penalty != 1.0:
+            # Every row's seen tokens, as places in the flattened scores.
+            seen = [_seen(rows[i], device) for i in which]
+            offsets = torch.arange(len(which), device=device) * scores.shape[-1]
+            counts = torch.tensor([len(ids) for ids in seen], device=device)
+            places = torch.cat(seen) + torch.repeat_interleave(offsets, counts)
+            flat = scores.view(-1)
+            flat.index_copy_(0, places, _penalised(flat[places], penalty))
+        for i, token in zip(which, scores.argmax(dim=-1).tolist(), strict=True):
+            tokens[i] = int(token)
+    return tokens
+
+
+def _seen(row: _Row, device: Any) -> Any:
+    """The row's distinct tokens so far, as a tensor."""
+    import torch
+
+    fresh = [t for t in dict.fromkeys(row.tokens[row.counted :]) if t not in row.seen]
+    row.counted = len(row.tokens)
+    if fresh or row.seen_ids is None:
+        row.seen.update(fresh)
+        added = torch.tensor(fresh, dtype=torch.long, device=device)
+        row.seen_ids = added if row.seen_ids is None else torch.cat((row.seen_ids, added))
+    return row.seen_ids
+
+
+def _sample(row: _Row, logits: Any) -> int:
+    """A sampled row's next token."""
+    import torch
+
+    params = row.request.params
+    scores = logits.float()
+    if params.repetition_penalty != 1.0:
+        seen = _seen(row, scores.device)
+        scores = scores.scatter(0, seen, _penalised(scores[seen], params.repetition_penalty))
+    scores = scores / params.temperature
+    # Top-k first, then top-p within those k, as `generate` orders them; working on
+    # the k candidates only (not a sort of the whole vocabulary) keeps a step cheap.
+    k = min(params.top_k, scores.shape[-1]) if params.top_k else scores.shape[-1]
+    values, candidates = torch.topk(scores, k)  # sorted, highest first
+    if params.top_p < 1.0:
+        cumulative = values.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a candidate once the ones above it already hold top_p (as
+        # `generate`: the lowest ones whose mass stays within 1 - top_p go).
+        drop = (1 - cumulative + values.softmax(dim=-1)) <= (1 - params.top_p)
+        drop[0] = False  # keep at least one token
+        values = values.masked_fill(drop, float("-inf"))
+    probs = values.softmax(dim=-1)
+    return int(candidates[torch.multinomial(probs, 1, generator=row.rng)])
