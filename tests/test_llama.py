@@ -17,6 +17,7 @@ import torch
 
 from bot.generation import llama
 from bot.generation.llama import (
+    ATTENTION,
     PRODUCTS,
     LlamaConfig,
     LlamaModel,
@@ -60,9 +61,10 @@ VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_logits_match_transformers(name: str, products: str) -> None:
+def test_logits_match_transformers(name: str, products: str, attention: str) -> None:
     if products not in available_products():
         pytest.skip("torch was built without oneDNN")
     kind = name.split("-", maxsplit=1)[0].removesuffix("3")
@@ -70,6 +72,7 @@ def test_logits_match_transformers(name: str, products: str) -> None:
     ours = LlamaModel.from_transformers(reference)
     assert ours is not None
     ours.products = products
+    ours.attention = attention
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (40, 23, 57)]
     with torch.inference_mode():
@@ -149,6 +152,14 @@ def test_the_faster_products_are_chosen() -> None:
     assert took[ours.products] == min(took.values())
 
 
+def test_the_faster_attention_is_chosen() -> None:
+    ours = LlamaModel.from_transformers(build("llama"))
+    assert ours is not None
+    took = llama.choose_attention(ours, rows=4)
+    assert set(took) == set(ATTENTION) and all(t > 0 for t in took.values())
+    assert took[ours.attention] == min(took.values())
+
+
 def test_the_choice_of_products_is_remembered_per_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,18 +172,24 @@ def test_the_choice_of_products_is_remembered_per_machine(
         model.products = "transposed"
         return {p: 1.0 if p == "transposed" else 2.0 for p in available_products()}
 
+    def measure_attention(model: LlamaModel, rows: int) -> dict[str, float]:
+        model.attention = "sdpa"
+        return {"matmul": 2.0, "sdpa": 1.0}
+
     monkeypatch.setattr(llama, "choose_products", measure)
+    monkeypatch.setattr(llama, "choose_attention", measure_attention)
     assert choose_products_cached(ours, 4, tmp_path) == "transposed"
     assert measured == [4]
     remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
     (key,) = remembered
     assert "float32" in key and "4 rows" in key
     assert remembered[key]["products"] == "transposed"
+    assert remembered[key]["attention"] == "sdpa"
 
-    # The next start reads it: no measurement, the remembered choice.
-    ours.products = "linear"
+    # The next start reads it: no measurement, the remembered choices.
+    ours.products, ours.attention = "linear", "matmul"
     assert choose_products_cached(ours, 4, tmp_path) == "transposed"
-    assert ours.products == "transposed" and measured == [4]
+    assert ours.products == "transposed" and ours.attention == "sdpa" and measured == [4]
     # Another batch width is another entry; a damaged file is measured again.
     choose_products_cached(ours, 8, tmp_path)
     assert measured == [4, 8]
@@ -192,6 +209,14 @@ def test_the_choice_of_products_is_remembered_per_machine(
     (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
     choose_products_cached(ours, 4, tmp_path)
     assert measured == [4, 8, 4, 4, 4] + ([4] if packing_available() else [])
+    # So is one written before the attention was measured.
+    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
+    del remembered[key]["attention"], remembered[key]["attention_ms_per_pass"]
+    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
+    ours.attention, before = "matmul", len(measured)
+    choose_products_cached(ours, 4, tmp_path)
+    assert measured[before:] == [4] and ours.attention == "sdpa"
+    assert json.loads((tmp_path / PRODUCTS_FILE).read_text())[key]["attention"] == "sdpa"
 
 
 @pytest.mark.skipif(not packing_available(), reason="torch was built without oneDNN")

@@ -316,6 +316,8 @@ class LlamaModel:
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self._products = "linear"
         self._tied = self.lm_head is self.embed
+        # How the decoding rows attend (see `ATTENTION`; `choose_attention` measures it).
+        self.attention = "matmul"
 
     @property
     def products(self) -> str:
@@ -533,11 +535,8 @@ class LlamaModel:
             width = _rounded(int(ends.max()) + 1, capacity)
             # Added to the scores: -inf where a row may not look (past its end).
             hidden = torch.arange(width, device=device)[None, :] > ends[:, None]
-            masks.append(
-                torch.zeros(hidden.shape, device=device).masked_fill_(hidden, float("-inf"))[
-                    :, None, None, :
-                ]
-            )
+            zeros = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
+            masks.append(zeros.masked_fill_(hidden, float("-inf"))[:, None, None, :])
         for s in segments[decoding:]:
             if s.start == 0:
                 masks.append(None)  # a prompt from its start: plain causal attention
@@ -556,11 +555,23 @@ class LlamaModel:
     ) -> Any:  # fmt: skip
         c = self.config
         out = []
-        if decoding:
+        if decoding and self.attention == "sdpa":
+            width = masks[0].shape[-1]
+            attended = F.scaled_dot_product_attention(
+                # [rows, heads, 1, dim], each head's numbers adjacent (its CPU kernel
+                # needs them so; transposed products leave them apart)
+                q[:decoding].contiguous().unsqueeze(2),
+                keys[:decoding, :, :width],
+                values[:decoding, :, :width],
+                attn_mask=masks[0],
+                scale=self.scale,
+                enable_gqa=True,
+            )
+            out.append(attended.reshape(decoding, c.heads * c.head_dim))
+        elif decoding:
             # One query per row: written out, grouped by KV head (query head h reads
             # KV head h // group, as transformers' repeat_kv), with the softmax in
-            # float32. On CPU in bf16 this is 3.7x faster than SDPA with a mask
-            # (0.38 against 1.43 ms a layer for 8 rows of 450 tokens); in float32 alike.
+            # float32.
             width = masks[0].shape[-1]
             group = c.heads // c.kv_heads
             query = q[:decoding].view(decoding, c.kv_heads, group, c.head_dim)
@@ -617,6 +628,17 @@ def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
 
 
 PRODUCTS = ("linear", "transposed", "packed")
+
+# How the decoding rows (one query each) attend to their cached keys and values:
+# - "matmul": written out, keys times queries and probabilities times values as two
+#   batched matrix products, the softmax in float32 between them;
+# - "sdpa": torch's scaled_dot_product_attention (its CPU kernel reads the slab's
+#   rows where they lie; the matrix products above copy them first).
+# Which is faster depends on the CPU: on an AMD EPYC with AVX-512 (bf16), "matmul"
+# took 0.38 ms a layer for 8 rows of 450 tokens, SDPA 1.43 ms; on an Intel Xeon with
+# AMX (bf16), 30 layers for 8 rows of 640 tokens took 26.0 ms "matmul" and 18.1 ms
+# SDPA, 1 row of 128 tokens 5.3 and 1.5 ms. So it is measured: `choose_attention`.
+ATTENTION = ("matmul", "sdpa")
 
 # The batch width oneDNN is told to expect when a weight is packed (it picks the
 # blocked layout by it; any number of rows can be multiplied by the packed weight).
@@ -684,3 +706,30 @@ def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, 
         slab.release()
     model.products = min(best, key=lambda p: best[p])
     return {p: round(t, 1) for p, t in best.items()}
+
+
+def choose_attention(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
+    """Time a decode pass of `rows` rows, 4 * WIDTH_STEP tokens into their replies
+    (where attention is a fair share of a pass), with each of `ATTENTION`'s ways; keep
+    the fastest in `model.attention` and return the milliseconds a pass took each way
+    (the best of `rounds`, after one pass to warm up). The slab holds more positions
+    than the rows have, as while serving (it grows to the longest row seen)."""
+    slab = model.slab(rows)
+    position = 4 * WIDTH_STEP - 1
+    slab.ensure(position + 1 + 2 * WIDTH_STEP)
+    segments = [Segment(i, position - 7 * i, 1) for i in range(rows)]  # (lengths differ)
+    best: dict[str, float] = {}
+    try:
+        with torch.inference_mode():
+            for way in ATTENTION:
+                model.attention = way
+                for round_ in range(rounds + 1):
+                    started = time.perf_counter()
+                    model.forward(slab, [0] * rows, segments, decoding=rows)
+                    took = (time.perf_counter() - started) * 1000
+                    if round_:
+                        best[way] = min(best.get(way, math.inf), took)
+    finally:
+        slab.release()
+    model.attention = min(best, key=lambda w: best[w])
+    return {w: round(t, 1) for w, t in best.items()}

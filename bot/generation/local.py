@@ -455,13 +455,19 @@ PRODUCTS_FILE = "products.json"
 
 
 def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str:
-    """Set how `model` computes its weight products on this machine
-    (`llama.choose_products` measures it: about a second on a slow CPU), remembered in
-    `cache_dir` for the CPU, torch version, thread count, dtype and batch width, so
-    only the first start on a machine pays for the measurement."""
+    """Set how `model` computes its weight products and its decoding rows' attention
+    on this machine (`llama.choose_products` and `llama.choose_attention` measure them:
+    a second or two on a slow CPU), remembered in `cache_dir` for the CPU, torch
+    version, thread count, dtype and batch width, so only the first start on a machine
+    pays for the measurement."""
     import torch
 
-    from bot.generation.llama import available_products, choose_products
+    from bot.generation.llama import (
+        ATTENTION,
+        available_products,
+        choose_attention,
+        choose_products,
+    )
 
     key = " | ".join(
         [_cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
@@ -483,15 +489,24 @@ def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str
         and entry.get("products") in offered
         and isinstance(entry.get("ms_per_pass"), dict)
         and set(offered) <= set(entry["ms_per_pass"])
+        and entry.get("attention") in ATTENTION
+        and isinstance(entry.get("attention_ms_per_pass"), dict)
+        and set(ATTENTION) <= set(entry["attention_ms_per_pass"])
     ):
         try:
             model.products = entry["products"]
+            model.attention = entry["attention"]
             return model.products
         except (RuntimeError, ValueError) as exc:
             log.warning("remembered weight products %s failed (%s): measuring", entry, exc)
     took = choose_products(model, rows)
     log.info("weight products: %s (ms per %d-row pass: %s)", model.products, rows, took)
-    known[key] = {"products": model.products, "ms_per_pass": took}
+    attention = choose_attention(model, rows)
+    log.info("attention: %s (ms per %d-row pass: %s)", model.attention, rows, attention)
+    known[key] = {
+        "products": model.products, "ms_per_pass": took,
+        "attention": model.attention, "attention_ms_per_pass": attention,
+    }  # fmt: skip
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
