@@ -513,6 +513,7 @@ async def main(
         "torch_threads": __import__("torch").get_num_threads(),
         "dtype": str(batched.fast.dtype).removeprefix("torch.") if batched.fast else None,
         "weight_products": batched.fast.products if batched.fast else None,
+        "attention": batched.fast.attention if batched.fast else None,
         "remembered_history": history,
     }
     try:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bot.bench_generation import CONVERSATION_TURNS, against_generate_batch, main, report
-from bot.generation.llama import PRODUCTS
+from bot.generation.llama import ATTENTION, PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings
 
@@ -52,6 +52,7 @@ async def test_the_benchmark_reports_every_level_and_plots(
     assert result["peak_rss_mb"] > 100
     assert result["dtype"] in {"float32", "bfloat16"}
     assert result["weight_products"] in PRODUCTS
+    assert result["attention"] in ATTENTION
     assert "x baseline" in report(result)
 
 

@@ -545,8 +545,8 @@ class LlamaModel:
                 mine = torch.arange(s.start, s.start + s.count, device=device)[:, None]
                 # Added to the scores (as SDPA would turn a boolean mask, once per
                 # layer; here once per pass).
-                hidden = torch.zeros(mine.shape[0], seen.shape[1], dtype=self.dtype, device=device)
-                masks.append(hidden.masked_fill_(seen > mine, float("-inf"))[None, None])
+                mask = torch.zeros(mine.shape[0], seen.shape[1], dtype=self.dtype, device=device)
+                masks.append(mask.masked_fill_(seen > mine, float("-inf"))[None, None])
         return masks
 
     def _attend(
@@ -635,9 +635,10 @@ PRODUCTS = ("linear", "transposed", "packed")
 # - "sdpa": torch's scaled_dot_product_attention (its CPU kernel reads the slab's
 #   rows where they lie; the matrix products above copy them first).
 # Which is faster depends on the CPU: on an AMD EPYC with AVX-512 (bf16), "matmul"
-# took 0.38 ms a layer for 8 rows of 450 tokens, SDPA 1.43 ms; on an Intel Xeon with
-# AMX (bf16), 30 layers for 8 rows of 640 tokens took 26.0 ms "matmul" and 18.1 ms
-# SDPA, 1 row of 128 tokens 5.3 and 1.5 ms. So it is measured: `choose_attention`.
+# took 0.38 ms a layer for 8 rows of 450 tokens, SDPA 1.43 ms (SDPA then given a
+# boolean mask); on an Intel Xeon with AMX (bf16), 30 layers for 8 rows of 640 tokens
+# took 26.0 ms "matmul" and 18.1 ms SDPA, 1 row of 128 tokens 5.3 and 1.5 ms. So it
+# is measured: `choose_attention`.
 ATTENTION = ("matmul", "sdpa")
 
 # The batch width oneDNN is told to expect when a weight is packed (it picks the
