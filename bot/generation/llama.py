@@ -22,6 +22,7 @@ import json
 import math
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -688,25 +689,13 @@ def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, 
     slab = model.slab(rows)
     slab.ensure(WIDTH_STEP)
     segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
-    ids = [0] * rows
-    best: dict[str, float] = {}
-    try:
-        with torch.inference_mode():
-            for products in available_products(model.device):
-                try:
-                    model.products = products
-                    for round_ in range(rounds + 1):
-                        started = time.perf_counter()
-                        model.forward(slab, ids, segments, decoding=rows)
-                        took = (time.perf_counter() - started) * 1000
-                        if round_:  # the first pass warms up
-                            best[products] = min(best.get(products, math.inf), took)
-                except RuntimeError:  # (a oneDNN build that cannot pack these weights)
-                    best.pop(products, None)
-    finally:
-        slab.release()
+
+    def use(products: str) -> None:
+        model.products = products
+
+    best = _fastest(model, slab, segments, available_products(model.device), use=use, rounds=rounds)
     model.products = min(best, key=lambda p: best[p])
-    return {p: round(t, 1) for p, t in best.items()}
+    return best
 
 
 def choose_attention(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
@@ -719,21 +708,36 @@ def choose_attention(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str,
     position = 4 * WIDTH_STEP - 1
     slab.ensure(position + 1 + 2 * WIDTH_STEP)
     segments = [Segment(i, position - 7 * i, 1) for i in range(rows)]  # (lengths differ)
+
+    def use(way: str) -> None:
+        model.attention = way
+
+    best = _fastest(model, slab, segments, ATTENTION, use=use, rounds=rounds)
+    model.attention = min(best, key=lambda w: best[w])
+    return best
+
+
+def _fastest(
+    model: LlamaModel, slab: KVSlab, segments: list[Segment], ways: Sequence[str],
+    *, use: Callable[[str], None], rounds: int,
+) -> dict[str, float]:  # fmt: skip
+    """Milliseconds of a decode pass of `segments` with each way `use` sets (the best
+    of `rounds`, after one pass to warm up), rounded to 0.1 ms; a way that raises
+    RuntimeError (a build that cannot run it) is left out. The slab is released."""
     best: dict[str, float] = {}
     try:
         with torch.inference_mode():
-            for way in ATTENTION:
-                model.attention = way
+            for way in ways:
                 try:
+                    use(way)
                     for round_ in range(rounds + 1):
                         started = time.perf_counter()
-                        model.forward(slab, [0] * rows, segments, decoding=rows)
+                        model.forward(slab, [0] * len(segments), segments, decoding=len(segments))
                         took = (time.perf_counter() - started) * 1000
-                        if round_:
+                        if round_:  # the first pass warms up
                             best[way] = min(best.get(way, math.inf), took)
-                except RuntimeError:  # (a torch whose SDPA cannot take these inputs)
+                except RuntimeError:
                     best.pop(way, None)
     finally:
         slab.release()
-    model.attention = min(best, key=lambda w: best[w])
     return {w: round(t, 1) for w, t in best.items()}
