@@ -17,7 +17,7 @@ from bot.settings import DEFAULT_TITLES, ModerationSettings
 DATA = Path(__file__).parent / "data" / "moderation"
 STANDARD = ModerationSettings.model_fields["standard_threshold"].default
 STRICT = ModerationSettings.model_fields["strict_threshold"].default
-MAX_FALSE_POSITIVES = 0.01  # stated in the README
+MAX_FALSE_POSITIVES = 0.01  # stated in docs/moderation.md
 
 
 def lines(name: str) -> list[str]:

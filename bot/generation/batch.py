@@ -9,7 +9,7 @@ token for every decoding row; a row leaves at its end token, its length limit, o
 it is cancelled, freeing its slot at once. Each row keeps its own sampling parameters
 and random generator, and repetition penalty, temperature, top-k and top-p are applied
 as `generate` applies them, so a greedy request decodes the same text alone or in a
-batch (in float32; see the README).
+batch (in float32; see docs/engine.md).
 
 Prefix reuse: the KV of finished replies (prompt and answer together) is kept in a
 small cache, bounded in memory. A new prompt starts from the longest prefix it shares

@@ -6,7 +6,7 @@ Media talk is full of violent titles ("Kill Bill", "Die Hard with a Vengeance"),
 known multi-word catalog titles are masked out before scoring, and a text is scored
 sentence by sentence (an insult hidden in a long message is not diluted by it). The
 false-positive rate over the catalog and over ordinary questions is measured in
-tests/test_classifier.py and stated in the README.
+tests/test_classifier.py and stated in docs/moderation.md.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ _ID = re.compile(r"^\d{1,20}$")
 
 
 class GuildPolicy(BaseModel):
-    """What a server's moderation does. See README "Moderation" for each field."""
+    """What a server's moderation does. See docs/moderation.md for each field."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 

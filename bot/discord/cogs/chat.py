@@ -198,7 +198,7 @@ class Chat(commands.Cog):
             replying.cancel()
         cached = payload.cached_message
         if cached is None or cached.author.bot:
-            return  # without the cache the author is unknown (see README)
+            return  # without the cache the author is unknown (see docs/memory.md)
         guild = cached.guild
         try:
             await self.bot.services.memory.delete_message(
