@@ -295,7 +295,7 @@ async def embedding_recall(
             best = [ids[j] for j in np.argsort(-scores)[:8] if scores[j] >= EMBEDDING_THRESHOLD]
             recalled = await store.turns_by_id(scope, user, best)
         window = WindowPolicy(budget=budget).build(
-            counter, system, fact.question, snapshot, recalled
+            counter, system, fact.question, snapshot, recalled=recalled
         )
         stats.latencies.append((time.perf_counter() - began) * 1000)
         stats.asked += 1

@@ -2,21 +2,24 @@
 
 Filled in priority order, counting real tokens of the served model's tokenizer:
 the system prompt (always), the current message (always; cut with a marker when it
-alone would not fit), profile facts, the rolling summary and recalled older turns (each
-capped at a share of the budget), then recent turns, whole turns only.
+alone would not fit), profile facts, the rolling summary, the catalog's facts about what
+the message names, and recalled older turns (each capped at a share of the budget),
+then recent turns, whole turns only.
 The result is valid for the model's chat template (roles alternate, same-role runs
 merged) and never exceeds the budget.
 
 Laid out so consecutive messages share their start, which the model has read already
 (its prefix cache): the system prompt, profile and summary first; then the recent
-turns; last the current message, with the recalled turns just before it, since what is
-recalled changes with every message. Recalled turns are the user's own words, so they
-sit in the user's message, not in the system prompt. Once a conversation is longer
+turns; last the current message, with the recalled turns and the catalog facts just
+before it, since both change with every message. Recalled turns are the user's own
+words and the facts are about this message, so both sit in the user's message, not in
+the system prompt. Once a conversation is longer
 than the window, its start does not move by one exchange per message (which would
 make the model read the whole window again for every reply): it stays on a turn of a
 coarse grid of turn ids (every 16th turn, or a finer grid where that would leave less
 than half the history) for as long as the history from it fits a room that leaves the
-recall share and a typical message's room free; so it moves once in several messages.
+recall and facts shares (at most half of what is free) and a typical message's room
+free; so it moves once in several messages.
 
 Counting: each stored turn carries its token count (counted once, at write), so a
 window is counted without tokenising history again. The count is an upper bound of the
@@ -75,6 +78,7 @@ class ContextWindow:
     message_truncated: bool
     oldest_turn_id: int | None = None  # the oldest stored turn in the window
     recalled: int = 0
+    facts: int = 0  # lines of catalog facts kept
 
 
 def context_budget(context_length: int, max_new_tokens: int, margin: int, cap: int) -> int:
@@ -139,8 +143,11 @@ def build_context(
     profile_share: float = 0.10,
     summary_share: float = 0.15,
     recall_share: float = 0.15,
+    facts: str = "",
+    facts_share: float = 0.0,
 ) -> ContextWindow:
-    """Fill the window in priority order; see the module docstring."""
+    """Fill the window in priority order; see the module docstring. `facts` is a
+    header line and one line per fact; whole lines are kept, in order."""
     over = _overheads(counter)
     system_tokens = counter.count_tokens(system)
     if over.fixed + system_tokens + MIN_MESSAGE_TOKENS > budget:
@@ -157,10 +164,20 @@ def build_context(
         if text and budget - used - cost >= MIN_MESSAGE_TOKENS:
             full_system, used = full_system + text, used + cost
 
-    # What the history may use whatever is recalled and whatever the message's length:
-    # where its start goes depends on this room only, so it holds from message to message.
+    # What the history may use whatever is recalled, whatever facts are given and
+    # whatever the message's length: where its start goes depends on this room only, so
+    # it holds from message to message.
     recall_cap = int(budget * recall_share)
-    steady_room = budget - used - recall_cap - min(MESSAGE_ROOM, budget // 8)
+    facts_cap = int(budget * facts_share)
+    free = budget - used - min(MESSAGE_ROOM, budget // 8)
+    # In a small window the shares must not leave the history no room at all.
+    reserved = min(recall_cap + facts_cap, max(free, 0) // 2)
+    steady_room = free - reserved
+
+    facts_block, facts_used, fact_lines = _lines_within(
+        counter, facts, facts_cap, budget - used - MIN_MESSAGE_TOKENS, over.separator
+    )
+    used += facts_used
 
     # Recalled turns: whole lines, newest relevance first, within their share.
     recall_used, lines = 0, []
@@ -196,7 +213,7 @@ def build_context(
         first += 1
     chosen = list(turns[first:])
 
-    messages, kept = _assemble(full_system, chosen, recall + message)
+    messages, kept = _assemble(full_system, chosen, recall + facts_block + message)
     used += sum(t.tokens + over.per_message + over.separator for t in kept)
     oldest = next((t.id for t in kept if isinstance(t, StoredTurn)), None)
     return ContextWindow(
@@ -208,7 +225,30 @@ def build_context(
         message_truncated=truncated,
         oldest_turn_id=oldest,
         recalled=len(lines),
+        facts=fact_lines,
     )
+
+
+def _lines_within(
+    counter: TokenCounter, text: str, cap: int, room: int, separator: int
+) -> tuple[str, int, int]:
+    """The first line of `text` (its header) and as many of the next lines as fit
+    `cap` and `room` tokens, with the separator after them; their token bound; and the
+    number of lines kept after the header. ("", 0, 0) when no line fits."""
+    header, _, rest = text.strip().partition("\n")
+    lines = [line for line in rest.split("\n") if line.strip()]
+    limit = min(cap, room)
+    used = counter.count_tokens(header) + 1 + separator
+    kept: list[str] = []
+    for line in lines:
+        cost = counter.count_tokens(line) + 1
+        if used + cost > limit:
+            break
+        kept.append(line)
+        used += cost
+    if not kept:
+        return "", 0, 0
+    return header + "\n" + "\n".join(kept) + MERGE_SEPARATOR, used, len(kept)
 
 
 def _stable_start(turns: Sequence[Turn], costs: list[int], room: int) -> int:

@@ -28,6 +28,7 @@ class WindowPolicy:
     recall_half_life_days: float = 90.0
     recall_candidates: int = 1000
     recall_limit: int = 8
+    facts_share: float = 0.0  # the pipeline sets it from GROUNDING_FACTS_SHARE
 
     def build(
         self,
@@ -35,7 +36,9 @@ class WindowPolicy:
         system: str,
         message: str,
         snapshot: MemorySnapshot,
+        *,
         recalled: list[StoredTurn] | None = None,
+        facts: str = "",
     ) -> ContextWindow:
         return build_context(
             counter,
@@ -50,6 +53,8 @@ class WindowPolicy:
             summary_share=self.summary_share,
             # Recall off: no room kept for it.
             recall_share=self.recall_share if self.recall_limit else 0.0,
+            facts=facts,
+            facts_share=self.facts_share,
         )
 
 
@@ -63,24 +68,21 @@ async def assemble_window(
     system: str,
     message: str,
     now: float,
+    snapshot: MemorySnapshot | None = None,
+    facts: str = "",
 ) -> tuple[ContextWindow, MemorySnapshot]:
-    """The context window for `message`; raises `MemoryUnavailable` if Redis fails."""
-    # Load only the turns that can fit beside the system prompt and the message; older
-    # ones come back as recall candidates, whose search terms are already stored.
-    fixed = counter.count_tokens(system) + counter.count_tokens(message)
-    wanted = list(dict.fromkeys(terms(message)))[:MAX_QUERY_TERMS]
-    snapshot = await store.load(
-        scope,
-        user_id,
-        token_budget=max(policy.budget - fixed, 0),
-        max_candidates=policy.recall_candidates if policy.recall_limit else 0,
-        query_terms=wanted,
-    )
+    """The context window for `message`, with `facts` in its facts slot; raises
+    `MemoryUnavailable` if Redis fails. `snapshot`: what `load_snapshot` read already
+    (the pipeline reads the recent turns before it knows the facts)."""
+    if snapshot is None:
+        snapshot = await load_snapshot(
+            store, counter, policy, scope=scope, user_id=user_id, system=system, message=message
+        )
     recalled: list[StoredTurn] = []
     if policy.recall_limit and policy.recall_share:
         # Candidates: user turns not in the window, those memory left out and loaded
         # ones the window drops.
-        oldest = policy.build(counter, system, message, snapshot).oldest_turn_id
+        oldest = policy.build(counter, system, message, snapshot, facts=facts).oldest_turn_id
         dropped = [
             Candidate(t.id, t.time, tuple(terms(t.text)))
             for t in snapshot.turns
@@ -97,4 +99,28 @@ async def assemble_window(
         )
         if ranked:
             recalled = await store.turns_by_id(scope, user_id, [r.turn_id for r in ranked])
-    return policy.build(counter, system, message, snapshot, recalled), snapshot
+    window = policy.build(counter, system, message, snapshot, recalled=recalled, facts=facts)
+    return window, snapshot
+
+
+async def load_snapshot(
+    store: MemoryStore,
+    counter: TokenCounter,
+    policy: WindowPolicy,
+    *,
+    scope: Scope,
+    user_id: str,
+    system: str,
+    message: str,
+) -> MemorySnapshot:
+    """One Redis round trip: the turns that can fit beside the system prompt and the
+    message, and older ones as recall candidates (their search terms are stored)."""
+    fixed = counter.count_tokens(system) + counter.count_tokens(message)
+    wanted = list(dict.fromkeys(terms(message)))[:MAX_QUERY_TERMS]
+    return await store.load(
+        scope,
+        user_id,
+        token_budget=max(policy.budget - fixed, 0),
+        max_candidates=policy.recall_candidates if policy.recall_limit else 0,
+        query_terms=wanted,
+    )
