@@ -154,6 +154,28 @@ def test_picks_are_diverse(catalog: Catalog) -> None:
     assert len({tuple(x) for x in leading}) > 1
 
 
+@pytest.mark.parametrize("seed", ["Okja", "Dark", "Kill Bill: Vol. 1", "Jaws"])
+def test_titles_like_a_seed_share_something_with_it_and_say_what(
+    catalog: Catalog, seed: str
+) -> None:
+    rec = Recommender(catalog)
+    named = catalog.exact(seed)[:1]
+    series = [t for t in catalog.titles.values() if t.title.startswith("Kill Bill")]
+    mood = Mood.read(catalog, f"what should I watch if I liked {seed.lower()}?").seeded(named)
+    picks = rec.pick(mood, Taste(), salt="u|day", exclude=frozenset(t.id for t in series))
+    assert len(picks) == 5
+    for p in picks:
+        assert p.title.id not in {t.id for t in [*named, *series]}  # named: never picked
+        assert seed in p.reason and "popular" not in p.reason
+        shares = (p.title.concepts & named[0].concepts) or (
+            set(p.title.people) & set(named[0].people)
+        )
+        assert shares, (p.title.title, p.reason)
+    # The seed's own words do not pull in titles that merely share them.
+    if seed == "Dark":
+        assert not any("dark" in p.title.title.lower() for p in picks)
+
+
 def test_profile_steers_the_picks(catalog: Catalog) -> None:
     rec = Recommender(catalog)
     fan = Taste.of(catalog, [item("like", "person", "Adam Sandler", "Adam Sandler")])

@@ -34,6 +34,8 @@ from bot.moderation.rules import Rules
 from memory.records import TasteItem
 
 PICKS = 5
+LEADS = 4  # a seed's first-billed cast members, whose other titles are likely kin
+MIN_LINK = 1.0  # what a pick must share with a named title (see `Recommender._link`)
 # Moderation of generated text: True when it may be shown.
 Check = Callable[[str], Awaitable[bool]]
 _WORD = re.compile(r"[a-z0-9']+")
@@ -119,6 +121,13 @@ class Mood:
         )  # fmt: skip
         return cls(text, concepts, kind, people, tuple(seeds[:3]), year_from, year_to, words)
 
+    def seeded(self, seeds: Sequence[Title]) -> Mood:
+        """This mood with `seeds` as its titles "like X" (found by the chat's finder);
+        the seeds' own words no longer count as words asked for."""
+        seed_words = {w for t in seeds for w in _WORD.findall(fold(t.title))}
+        words = tuple(w for w in self.words if w not in seed_words)
+        return dataclasses.replace(self, seeds=tuple(seeds[:3]), words=words)
+
 
 def _name_runs(text: str) -> list[str]:
     """Runs of two or three capitalised words: candidate person names."""
@@ -193,9 +202,14 @@ class Recommender:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._tokens: dict[str, set[str]] = {}
-        # Per title, computed once: genre concepts and folded people.
+        # Per title, computed once: genre concepts, folded people and countries.
         self._concepts = {t.id: t.concepts for t in catalog.titles.values()}
         self._people = {t.id: frozenset(map(fold, t.people)) for t in catalog.titles.values()}
+        self._countries = {t.id: countries(t) for t in catalog.titles.values()}
+        # A rare genre shared with a seed says more than "International Movies" does.
+        counts: Counter[str] = Counter(c for cs in self._concepts.values() for c in cs)
+        size = max(len(catalog), 1)
+        self._concept_idf = {c: math.log(size / n) for c, n in counts.items()}
         df: Counter[str] = Counter()
         self._newest = max((t.year or 0 for t in catalog.titles.values()), default=0)
         for t in catalog.titles.values():
@@ -223,10 +237,20 @@ class Recommender:
         )
         return ranked[:k]
 
-    def pick(self, mood: Mood, taste: Taste, *, k: int = PICKS, salt: str = "") -> list[Pick]:
+    def pick(
+        self,
+        mood: Mood,
+        taste: Taste,
+        *,
+        k: int = PICKS,
+        salt: str = "",
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[Pick]:
         """The top `k` titles for this request and profile, diverse, with a reason each.
         When the request's filters leave fewer than `k`, they are relaxed in turn: the
-        type, then the years, then the genres (which then only rank)."""
+        type, then the years, then the genres (which then only rank). With seeds ("like
+        Okja"), every pick shares something with a seed and says what; `exclude` (title
+        ids) and the seeds themselves are never picked."""
         relaxations = [
             mood,
             dataclasses.replace(mood, kind=None),
@@ -234,24 +258,31 @@ class Recommender:
         ]
         picks: list[Pick] = []
         for attempt in relaxations:
-            picks = self._pick(attempt, taste, k=k, salt=salt)
+            picks = self._pick(attempt, taste, k=k, salt=salt, exclude=exclude)
             if len(picks) >= k:
                 return picks
-        soft = self._pick(relaxations[-1], taste, k=k, salt=salt, strict_genres=False)
+        soft = self._pick(
+            relaxations[-1], taste, k=k, salt=salt, strict_genres=False, exclude=exclude
+        )
         return soft if len(soft) > len(picks) else picks
 
     def _pick(  # noqa: PLR0915 - one scoring pass, read top to bottom
-        self, mood: Mood, taste: Taste, *, k: int, salt: str, strict_genres: bool = True
+        self,
+        mood: Mood,
+        taste: Taste,
+        *,
+        k: int,
+        salt: str,
+        strict_genres: bool = True,
+        exclude: frozenset[str] = frozenset(),
     ) -> list[Pick]:
         catalog = self.catalog
-        seed_concepts: Counter[str] = Counter(c for s in mood.seeds for c in s.concepts)
-        seed_people = {fold(p) for s in mood.seeds for p in s.people}
         wanted_people = {fold(p) for p in mood.people}
-        seed_ids = {s.id for s in mood.seeds}
+        skip = exclude | {s.id for s in mood.seeds}
         liked_total = sum(taste.liked_concepts.values()) or 1
         scored: list[tuple[float, str, Title]] = []
         for t in catalog.titles.values():
-            if t.id in taste.excluded or t.id in seed_ids:
+            if t.id in taste.excluded or t.id in skip:
                 continue
             if mood.kind and t.type != mood.kind:
                 continue
@@ -278,11 +309,11 @@ class Recommender:
                     f"it has {catalog.person_names.get(next(iter(hits)), 'them')}, as you asked"
                 )
             if mood.seeds:
-                overlap = sum(seed_concepts[c] for c in concepts) / max(len(mood.seeds), 1)
-                shared = len(people & seed_people)
-                if overlap or shared:
-                    score += 1.5 * overlap + 1.0 * min(shared, 3)
-                    reason = reason or f"it's like {mood.seeds[0].title}"
+                link = self._link(t, mood.seeds)
+                if link is None:
+                    continue  # like a named title means sharing something with it
+                score += link[0]
+                reason = link[1]
             if mood.words:
                 text_score = sum(
                     self._idf.get(w, 0.0) for w in mood.words if w in self._tokens[t.id]
@@ -312,6 +343,48 @@ class Recommender:
         return self._diverse(
             scored[: k * 40], k, self._concepts, single_genre=len(mood.concepts) == 1
         )
+
+    def _link(self, t: Title, seeds: Sequence[Title]) -> tuple[float, str] | None:
+        """How much `t` shares with the closest seed, and a reason that says what: its
+        director, its leading cast, rarer genres first, a country. None when it shares
+        too little (one minor cast member is not a likeness)."""
+        best: tuple[float, str] | None = None
+        directing = {fold(d) for d in t.directors}
+        people = self._people[t.id]
+        for seed in seeds:
+            directors = [d for d in seed.directors if fold(d) in directing]
+            leads = [c for c in seed.cast[:LEADS] if fold(c) in people]
+            others = [c for c in seed.cast[LEADS:] if fold(c) in people]
+            shared = sorted(
+                self._concepts[t.id] & self._concepts.get(seed.id, seed.concepts),
+                key=lambda c: (-self._concept_idf.get(c, 0.0), c),
+            )
+            genre_score = sum(self._concept_idf.get(c, 0.0) for c in shared)
+            score = 3.0 * bool(directors) + 1.5 * len(leads) + 0.5 * len(others) + genre_score
+            if score < MIN_LINK:
+                continue
+            if directors:
+                reason = f"it's also directed by {directors[0]}, like {seed.title}"
+            elif leads:
+                reason = f"it also has {_and(leads[:2])}, like {seed.title}"
+            elif shared:
+                reason = f"it shares {_and(shared[:2])} with {seed.title}"
+            else:
+                reason = f"it also has {_and(others[:2])}, like {seed.title}"
+            places = self._countries[t.id] & self._countries.get(seed.id, countries(seed))
+            if places:
+                score += 0.5
+                if not directors and not leads:
+                    place = sorted(places)[0]
+                    shown = next(
+                        (c.strip() for c in seed.country.split(",") if fold(c) == place), ""
+                    )
+                    reason += f", and is also from {shown}"
+            if t.type == seed.type:
+                score += 0.5
+            if best is None or score > best[0]:
+                best = (score, reason)
+        return best
 
     @staticmethod
     def _diverse(
@@ -344,6 +417,15 @@ class Recommender:
             franchises.add(franchise(t))
             leading.update(concepts[t.id])
         return chosen
+
+
+def countries(title: Title) -> frozenset[str]:
+    return frozenset(fold(c) for c in title.country.split(",") if c.strip())
+
+
+def _and(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _jitter(salt: str, title_id: str) -> float:
@@ -457,7 +539,8 @@ def as_text(picks: Sequence[Pick], intro: str | None = None) -> str:
     for n, p in enumerate(picks, 1):
         t = p.title
         facts = ", ".join(x for x in (str(t.year) if t.year else "", t.type) if x)
-        lines.append(f"{n}. **{t.title}** ({facts}): {p.blurb}")
+        why = f" (Picked because {p.reason}.)" if p.blurb_from_model else ""
+        lines.append(f"{n}. **{t.title}** ({facts}): {p.blurb}{why}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ title lookups, taste profiles, recommendations; content and games live beside it
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,19 +172,26 @@ class Media:
         owner: Owner | None = None,
         k: int = PICKS,
         seed: Title | None = None,
+        seeds: Sequence[Title] = (),
+        exclude: Sequence[Title] = (),
         blurbs: bool = True,
         check: Check | None = None,
     ) -> list[Pick]:
         """Up to `k` catalog titles for this request and the user's profile here, each
-        with a checked sentence. `seed` asks for titles like one title ("more like this")."""
+        with a checked sentence. `seed` asks for titles like one title ("more like this");
+        `seeds`, for titles like those the request names (as chat found them), and
+        `exclude` are titles never picked (every title of a name the member used)."""
         catalog = await self.current()
         if taste is None:
             taste = await self.memory.taste(scope, user_id)
         mood = Mood.read(catalog, request)
         if seed is not None:
             mood = Mood(text=request, seeds=(seed,))
+        elif seeds:
+            mood = mood.seeded(seeds)
         salt = f"{user_id}|{dt.date.today().isoformat()}"
-        picks = self.recommender.pick(mood, Taste.of(catalog, taste), k=k, salt=salt)
+        skip = frozenset(t.id for t in (*mood.seeds, *exclude))
+        picks = self.recommender.pick(mood, Taste.of(catalog, taste), k=k, salt=salt, exclude=skip)
         if not blurbs or not picks:
             return picks
         return await write_blurbs(
