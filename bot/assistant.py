@@ -1,8 +1,12 @@
 """The one reply pipeline, shared by every front end.
 
-`Assistant.reply` reads top to bottom: clean the input, load memory, build the context
-window, stream the generation to the sink, then store both turns in one atomic write.
-A front end only supplies a `ReplySink` that shows what the pipeline sends it.
+`Assistant.reply` reads top to bottom: clean the input, moderate and rate-limit it,
+load memory, ground the message in the catalog (what it names, or what "it" was),
+build the context window with those facts, then answer: a factual question from the
+catalog, a request for titles from the recommender, anything else from the model with
+every sentence checked against the catalog as it streams to the sink; last, store both
+turns in one atomic write. A front end only supplies a `ReplySink` that shows what the
+pipeline sends it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot import BOT_NAME
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
+from bot.grounding.check import ReplyCheck
+from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
 from bot.media.recommend import NOTHING_FOUND, as_text, wants_recommendation
 from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
 from bot.moderation.policy import GuildPolicy
@@ -29,7 +35,7 @@ from memory.context import ContextWindow, context_budget
 from memory.keys import Scope
 from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
-from memory.window import WindowPolicy, assemble_window
+from memory.window import WindowPolicy, assemble_window, load_snapshot
 from prompts import Persona, load_persona, load_rules
 
 if TYPE_CHECKING:
@@ -126,9 +132,13 @@ class Assistant:
         limiter: RateLimiter | None = None,
         moderator: Moderator | None = None,
         media: Media | None = None,
+        grounding: Grounding | None = None,
     ) -> None:
         self.settings = settings
         self.media = media
+        if grounding is None and media is not None:
+            grounding = Grounding(media, enabled=settings.grounding.enabled)
+        self.grounding = grounding
         self.memory = memory
         self.generator = generator
         self.limiter = limiter
@@ -152,6 +162,7 @@ class Assistant:
             recall_half_life_days=mem.recall_half_life_days,
             recall_candidates=mem.recall_candidates,
             recall_limit=mem.recall_limit,
+            facts_share=settings.grounding.facts_share if settings.grounding.enabled else 0.0,
         )
         self.upkeep = Upkeep(
             memory,
@@ -205,41 +216,33 @@ class Assistant:
         if clean.stripped_controls:
             await sink.notice(CONTROLS_STRIPPED)
 
-        remember = True
         system = self.system_prompt(request.persona, request.user_name)
-        try:
-            window, snapshot = await assemble_window(
-                self.memory,
-                self.generator,
-                self.policy,
-                scope=request.scope,
-                user_id=request.user_id,
-                system=system,
-                message=clean.text,
-                now=self._clock(),
-            )
-        except MemoryUnavailable as exc:
-            log.warning("memory load failed: %s", exc)
-            await sink.notice(MEMORY_READ_FAILED)
-            snapshot = MemorySnapshot([])
-            window = self.policy.build(self.generator, system, clean.text, snapshot)
-            remember = False
+        window, snapshot, grounded, remember = await self._window(request, clean.text, system, sink)
         await sink.context(window)
         if window.message_truncated:
             await sink.notice(truncated_notice())
         asked_at = self._clock()
 
-        async with self.moderator.slot(where, request.message_id) as free:
-            if not free:
-                await sink.notice(SERVER_BUSY)
-                return ReplyOutcome(text="", stored=False, generated=False, window=window)
-            if self.media is not None and wants_recommendation(clean.text):
-                streamed = await self._recommend(request, clean.text, snapshot, mod_policy, sink)
-            else:
-                streamed = await self._stream(request, window, mod_policy, system, sink)
+        answer = self.grounding.answer(grounded) if self.grounding else None
+        if answer is not None:
+            # A factual question: the catalog answers, no model and no slot needed.
+            streamed = await self._say(answer, mod_policy, sink)
+        else:
+            async with self.moderator.slot(where, request.message_id) as free:
+                if not free:
+                    await sink.notice(SERVER_BUSY)
+                    return ReplyOutcome(text="", stored=False, generated=False, window=window)
+                if self._wants_titles(clean.text, grounded):
+                    streamed = await self._recommend(
+                        request, clean.text, snapshot, mod_policy, sink, grounded=grounded
+                    )
+                else:
+                    streamed = await self._stream(
+                        request, window, mod_policy, system, sink, grounded=grounded
+                    )
         if streamed is None:
             return ReplyOutcome(text="", stored=False, generated=False, window=window)
-        text = streamed or EMPTY_REPLY_FALLBACK
+        text = streamed or self._fallback(grounded)
         reply_id = await sink.finish(text)
         if not remember:
             await sink.notice(MEMORY_WRITE_FAILED)
@@ -253,6 +256,65 @@ class Assistant:
             await sink.notice(MEMORY_WRITE_FAILED)
         return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
 
+    async def _window(
+        self, request: ReplyRequest, text: str, system: str, sink: ReplySink
+    ) -> tuple[ContextWindow, MemorySnapshot, Grounded, bool]:
+        """Memory, grounding and the window built from both; and whether the reply can
+        be remembered (not when memory could not be read)."""
+        try:
+            snapshot = await load_snapshot(
+                self.memory, self.generator, self.policy, scope=request.scope,
+                user_id=request.user_id, system=system, message=text,
+            )  # fmt: skip
+            grounded = await self._ground(text, snapshot)
+            window, snapshot = await assemble_window(
+                self.memory, self.generator, self.policy, scope=request.scope,
+                user_id=request.user_id, system=system, message=text, now=self._clock(),
+                snapshot=snapshot, facts=grounded.facts,
+            )  # fmt: skip
+        except MemoryUnavailable as exc:
+            log.warning("memory load failed: %s", exc)
+            await sink.notice(MEMORY_READ_FAILED)
+            snapshot = MemorySnapshot([])
+            grounded = await self._ground(text, snapshot)
+            window = self.policy.build(self.generator, system, text, snapshot, facts=grounded.facts)
+            return window, snapshot, grounded, False
+        return window, snapshot, grounded, True
+
+    async def _ground(self, text: str, snapshot: MemorySnapshot) -> Grounded:
+        """What the message is about, as the catalog knows it (nothing when grounding is
+        off or there is no catalog)."""
+        if self.grounding is None:
+            return Grounded(None)
+        return await self.grounding.read(text, snapshot.turns)
+
+    def _wants_titles(self, text: str, grounded: Grounded) -> bool:
+        """A request for recommendations: asked outright, or "something like X" with X
+        a title the message (or the conversation) names."""
+        if self.media is None:
+            return False
+        if wants_recommendation(text):
+            return True
+        return bool(grounded.titles) and seeded_request(text)
+
+    def _fallback(self, grounded: Grounded) -> str:
+        """What to say when nothing of the model's reply could be shown: the facts of
+        what the message was about, or a plain apology."""
+        if grounded.titles:
+            facts = " ".join(title_facts(t).removeprefix("- ") for t in grounded.titles[:2])
+            return f"Here's what my catalog says: {facts}"
+        return EMPTY_REPLY_FALLBACK
+
+    async def _say(self, text: str, mod_policy: GuildPolicy, sink: ReplySink) -> str | None:
+        """A reply built from the catalog, checked like any other before it is shown."""
+        verdict = await self.moderator.review(mod_policy, text)
+        if not verdict.allowed:
+            await sink.notice(verdict.reason or OUTPUT_WITHHELD)
+            return None
+        reply = Rules.clean_output(text)
+        await sink.piece(reply)
+        return reply
+
     async def _recommend(
         self,
         request: ReplyRequest,
@@ -260,15 +322,19 @@ class Assistant:
         snapshot: MemorySnapshot,
         mod_policy: GuildPolicy,
         sink: ReplySink,
+        *,
+        grounded: Grounded,
     ) -> str | None:
-        """A recommendation asked in chat: titles from the catalog, checked sentences."""
+        """A recommendation asked in chat: titles from the catalog, checked sentences;
+        titles the message names are the seeds, never among the picks."""
         assert self.media is not None
         owner = Owner(request.user_id, request.scope.guild_id, sink.position)
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
                 picks = await self.media.recommend(
                     request.scope, request.user_id, text, taste=snapshot.taste, owner=owner,
-                    check=self.moderator.allows(mod_policy),
+                    check=self.moderator.allows(mod_policy), seeds=grounded.titles,
+                    exclude=grounded.excluded,
                 )  # fmt: skip
         except TimeoutError:
             await sink.notice(TIMED_OUT)
@@ -287,10 +353,14 @@ class Assistant:
         mod_policy: GuildPolicy,
         system: str,
         sink: ReplySink,
+        *,
+        grounded: Grounded,
     ) -> str | None:
-        """Generate, showing only text the output guard has cleared; the whole reply,
-        made safe to post, or None when it failed or was withheld."""
+        """Generate, showing only text the output guard has cleared and the catalog
+        check has passed (or repaired); the whole reply as shown, made safe to post, or
+        None when it failed or was withheld."""
         guard = self.moderator.guard(mod_policy, system)
+        check = self.grounding.checker(grounded, BOT_NAME) if self.grounding else None
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
                 owner = Owner(request.user_id, request.scope.guild_id, sink.position)
@@ -298,8 +368,9 @@ class Assistant:
                 try:
                     async for piece in stream:
                         cleared = await guard.feed(piece)
-                        if cleared:
-                            await sink.piece(Rules.clean_output(cleared))
+                        shown = self._checked(check, cleared)
+                        if shown:
+                            await sink.piece(Rules.clean_output(shown))
                         if not guard.verdict.allowed:
                             break
                 finally:
@@ -308,7 +379,7 @@ class Assistant:
                     if close is not None:
                         await close()
                 if guard.verdict.allowed:
-                    rest = await guard.finish()
+                    rest = self._checked(check, await guard.finish(), final=True)
                     if rest:
                         await sink.piece(Rules.clean_output(rest))
         except GenerationError as exc:
@@ -330,7 +401,26 @@ class Assistant:
                 )
             )
             return None
-        return Rules.clean_output(guard.text).strip()
+        if check is None:
+            return Rules.clean_output(guard.text).strip()
+        if self.grounding is not None:
+            self.grounding.stats.repaired += len(check.repaired)
+            self.grounding.stats.dropped += len(check.dropped)
+        for before, reason in check.dropped:
+            log.info("catalog check dropped a sentence (%s): %s", reason, excerpt(before))
+        return Rules.clean_output(check.shown).strip()
+
+    def _checked(self, check: ReplyCheck | None, text: str, *, final: bool = False) -> str:
+        """`text` cleared by moderation, through the catalog check when there is one."""
+        if check is None:
+            return text
+        started = time.perf_counter()
+        shown = check.feed(text) if text else ""
+        if final:
+            shown += check.finish()
+        if self.grounding is not None:
+            self.grounding.stats.check_seconds += time.perf_counter() - started
+        return shown
 
     async def _remember(
         self,

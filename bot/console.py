@@ -85,9 +85,10 @@ class TerminalSink:
     async def context(self, window: ContextWindow) -> None:
         if not self.show_context:
             return
+        facts = f", catalog facts: {window.facts}" if window.facts else ""
         self.err.write(
             f"--- context window: {window.tokens}/{window.budget} tokens, "
-            f"{window.turns_used} remembered turns ---\n"
+            f"{window.turns_used} remembered turns{facts} ---\n"
         )
         for message in window.messages:
             self.err.write(f"[{message['role']}]\n{message['content']}\n")

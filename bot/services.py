@@ -13,6 +13,7 @@ from bot.generation.local import LocalGenerator
 from bot.generation.remote import RemoteGenerator
 from bot.generation.tokenizer import ChatTokenizer
 from bot.generation.weights import Progress, model_dir
+from bot.grounding.service import Grounding
 from bot.media.library import Library
 from bot.media.service import Media
 from bot.moderation.classifier import OffensiveClassifier
@@ -164,6 +165,10 @@ async def open_services(
             story_params=blurb_params(settings, settings.catalog.story_tokens),
             trivia_seconds=settings.catalog.trivia_seconds,
         )
+        grounding = Grounding(media, enabled=settings.grounding.enabled)
+        if grounding.enabled:
+            progress("Indexing the catalog's titles and people…")
+            await grounding.finder()  # built now, not on the first message
         assistant = Assistant(
             settings=settings,
             memory=memory,
@@ -171,6 +176,7 @@ async def open_services(
             limiter=limiter,
             moderator=moderator,
             media=media,
+            grounding=grounding,
         )
         try:
             yield Services(

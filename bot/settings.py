@@ -257,6 +257,21 @@ class CatalogSettings(BaseSettings):
         return path
 
 
+class GroundingSettings(BaseSettings):
+    """Chat grounded in the catalog: the titles and people a message names are found,
+    their facts given to the model, factual questions answered from the catalog, and
+    every reply checked against it before it is shown."""
+
+    model_config = _section("GROUNDING_")
+
+    enabled: bool = Field(
+        default=True, description="false: chat goes to the model with no catalog step."
+    )
+    facts_share: float = Field(
+        default=0.15, ge=0.0, le=0.5, description="Share of the window for catalog facts."
+    )
+
+
 class DiscordSettings(BaseSettings):
     """The Discord front end (used by `python -m bot run`)."""
 
@@ -284,6 +299,7 @@ class Settings(BaseModel):
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
     persona: PersonaName = "default"
     log_level: LogLevel = "WARNING"
@@ -313,6 +329,7 @@ _PREFIXES: dict[str, str] = {
     "RateLimitSettings": "RATELIMIT_",
     "ModerationSettings": "MODERATION_",
     "CatalogSettings": "CATALOG_",
+    "GroundingSettings": "GROUNDING_",
     "RemoteSettings": "REMOTE_",
 }
 

@@ -187,6 +187,22 @@ def test_a_fact_told_in_one_session_is_in_the_context_after_a_restart(
     assert context.index("Hi, my name is Ada.") < context.index("What is my name?")
 
 
+def test_the_terminal_chat_is_grounded_and_shows_the_facts_slot(
+    cli_env: dict[str, str],
+) -> None:
+    result = run_cli(
+        ["chat", "--user", "ada", "--show-context"],
+        "who directed okja?\nand when did it come out?\n",
+        cli_env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "catalog facts: 1 ---" in result.stderr
+    context = result.stderr[result.stderr.index("--- context window") :]
+    assert "Catalog facts" in context and "directed by Bong Joon Ho" in context
+    answers = result.stdout.strip().splitlines()
+    assert "Bong Joon Ho" in answers[0] and "2017" in answers[1]
+
+
 def test_an_unreachable_redis_url_is_one_sentence_and_exit_1(cli_env: dict[str, str]) -> None:
     cli_env["REDIS_URL"] = "redis://:hunter2@127.0.0.1:1/0"
     result = run_cli(["chat"], "hello\n", cli_env)
