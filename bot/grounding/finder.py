@@ -315,7 +315,21 @@ class Finder:
                 span = words[i : span_end + 1]
                 folded = key.split()
                 score = distinctiveness(folded) - TYPO_COST * edits
-                mark = 0 if shouting else _mark(text, span)
+                mark = 0 if shouting else _mark(text, words, i, span_end)
+                if (
+                    mark < 2
+                    and not edits
+                    and len(span) > 1
+                    and self._as_written(text, span, entries)
+                ):
+                    mark = 2  # exactly as the catalog writes it: "El club de los buenos…"
+                if (
+                    cased
+                    and mark < 2
+                    and len(folded) == 1
+                    and all(e.kind == "person" for e in entries)
+                ):
+                    continue  # one capitalised word opening a sentence is not a person
                 if mark == 2:
                     need = MARKED
                 elif cased:
@@ -352,6 +366,14 @@ class Finder:
         chosen.sort(key=lambda m: (m.start, m.kind != "title"))
         genres = tuple(c for c in genre_words(text) if c in self._concepts)
         return Found(tuple(chosen), genres)
+
+    def _as_written(self, text: str, span: Sequence[_Word], entries: Sequence[Entry]) -> bool:
+        written = _TOKEN.findall(text[span[0].start : span[-1].end])
+        for e in entries:
+            name = self._by_id[e.key].title if e.kind == "title" else e.key
+            if _TOKEN.findall(name)[: len(written)] == written:
+                return True
+        return False
 
     def _words(self, text: str) -> list[_Word]:
         words: list[_Word] = []
@@ -404,10 +426,12 @@ def _mostly_capitals(words: Sequence[_Word]) -> bool:
     return len(alpha) >= 4 and sum(w.capital for w in alpha) > 0.6 * len(alpha)
 
 
-def _mark(text: str, span: Sequence[_Word]) -> int:
+def _mark(text: str, words: Sequence[_Word], i: int, end: int) -> int:
     """2: quoted or emphasised, or capitalised as a name (every longer word with a
     capital, not only the sentence's first word); 1: capitalised only because it
-    starts a sentence; 0: not marked."""
+    starts a sentence; 0: not marked, or only a piece of a longer capitalised name
+    ("Velvet" in "Velvet Atlas")."""
+    span = words[i : end + 1]
     before = text[: span[0].start].rstrip()
     after = text[span[-1].end :].lstrip()
     if before[-1:] in _OPEN_MARKS and after[:1] in _CLOSE_MARKS:
@@ -415,9 +439,22 @@ def _mark(text: str, span: Sequence[_Word]) -> int:
     content = [w for w in span if len(w.text) > 2 or w is span[0]]
     if not all(w.capital for w in content):
         return 0
+    # A capitalised word before counts unless it only opens the sentence ("Watch Okja").
+    left = i > 0 and not words[i - 1].sentence_start and _joined(text, words, i - 1, i)
+    if left or _joined(text, words, end, end + 1):
+        return 0
     if span[0].sentence_start and len(content) < 2:
         return 1
     return 2
+
+
+def _joined(text: str, words: Sequence[_Word], left: int, right: int) -> bool:
+    """Whether words `left` and `right` are capitalised words of one run (only spaces
+    between them, the right one longer than a joining word)."""
+    if left < 0 or right >= len(words):
+        return False
+    a, b = words[left], words[right]
+    return a.capital and b.capital and len(b.text) > 2 and not text[a.end : b.start].strip()
 
 
 def _cued(words: Sequence[_Word], i: int, end: int) -> bool:

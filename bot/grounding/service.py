@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from rapidfuzz import fuzz
 
 from bot.grounding.check import ReplyCheck
-from bot.grounding.finder import Finder, Found
+from bot.grounding.finder import ARTICLES, Finder, Found, words_of
 from bot.grounding.questions import (
     Question,
     answer,
@@ -172,12 +172,11 @@ def ground(finder: Finder, message: str, turns: Sequence[Turn]) -> Grounded:
     people = list(found.people)
     excluded = [t for m in found.mentions if m.kind == "title" for t in m.titles]
     followed = False
-    if question is not None and not question.points_back and not titles and not people:
-        # The question's slot read on its own ("who is in the crown?"): a short text
-        # where an ordinary word may well be the title asked about.
-        slot_titles, slot_people = _resolve_slot(finder, question)
-        titles, people = slot_titles, slot_people
-        excluded += slot_titles
+    if question is not None and not question.points_back:
+        # What the question asks about is its slot, whole: "Velvet Atlas" is not the
+        # title Velvet, though the finder saw Velvet in it.
+        titles, people = _slot_names(finder, question, found, message)
+        excluded += titles
     wants_back = (question is not None and question.points_back) or (
         not titles
         and not people
@@ -210,6 +209,27 @@ def _asks_back_for_person(question: Question | None) -> bool:
     return question.points_back or PERSON_POINTER.search(question.slot) is not None
 
 
+def _slot_names(
+    finder: Finder, question: Question, found: Found, message: str
+) -> tuple[list[Title], list[str]]:
+    """The titles or person a question's slot names: a mention the finder saw that is
+    the whole slot (typos corrected), else the slot read on its own ("who is in the
+    crown?": in a short slot an ordinary word may well be the title)."""
+    wanted = words_of(question.slot)
+    if len(wanted) > 1 and wanted[0] in ARTICLES:
+        wanted = wanted[1:]
+    for mention in found.mentions:
+        said = words_of(message[mention.start : mention.end])
+        if said and said[0] in ARTICLES and said != wanted:
+            said = said[1:]
+        if said == wanted or (mention.corrected and len(said) == len(wanted)):
+            if mention.kind == "title" and not question.about_person:
+                return list(mention.titles), []
+            if mention.kind == "person" and question.about_person:
+                return [], [mention.person]
+    return _resolve_slot(finder, question)
+
+
 def _resolve_slot(finder: Finder, question: Question) -> tuple[list[Title], list[str]]:
     catalog = finder.catalog
     if question.about_person:
@@ -230,24 +250,31 @@ def _resolve_slot(finder: Finder, question: Question) -> tuple[list[Title], list
 
 
 def _earlier_titles(finder: Finder, message: str, turns: Sequence[Turn]) -> list[Title]:
-    """What "it" is: an ordinal picks from the last reply's list; otherwise the one
-    title of the last reply, else the titles of the last message that named any."""
+    """What "it" is: an ordinal picks from the last reply's list; otherwise, exchange by
+    exchange from the newest, what the member named, else the one title the reply
+    named (a reply that lists several is not about one of them)."""
+    recent = list(turns)[-LOOK_BACK:]
     ordinal = ORDINAL.search(message)
-    recent = list(turns)[-LOOK_BACK:][::-1]
     if ordinal:
         word = (ordinal.group(1) or "").lower()
         index = ORDINALS[word] if word else int(ordinal.group(2)) - 1
-        for turn in recent:
+        for turn in reversed(recent):
             if turn.role == "assistant":
                 listed = finder.find(turn.text, cased=True).titles
                 if len(listed) > 1:
                     return [listed[index]] if -len(listed) <= index < len(listed) else []
-    for turn in recent:
-        found = finder.find(turn.text, cased=turn.role == "assistant")
-        if turn.role == "assistant" and len(found.titles) > 1:
-            continue  # a list of picks: "it" is what the member named, if anything
-        if found.titles:
-            return found.titles[:1]
+    for k in range(len(recent) - 1, -1, -1):
+        turn = recent[k]
+        if turn.role != "user":
+            continue
+        found = finder.find(turn.text).titles
+        if found:
+            return found[:1]
+        reply = recent[k + 1] if k + 1 < len(recent) else None
+        if reply is not None and reply.role == "assistant":
+            named = finder.find(reply.text, cased=True).titles
+            if len(named) == 1:
+                return named
     return []
 
 
