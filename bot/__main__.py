@@ -1,5 +1,5 @@
 """Command line: `python -m bot chat | run | import-catalog | bench | bench-memory |
-bench-recommend | prepare-model` (also `mediabot`)."""
+bench-recommend | bench-facts | prepare-model` (also `mediabot`)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--users", type=int, default=50, help="synthetic users (default 50)")
     rec.add_argument("--out", type=Path, help="also write the JSON result here")
+    facts = sub.add_parser(
+        "bench-facts",
+        help="how often chat states the catalog's facts, grounded against ungrounded",
+    )
+    facts.add_argument("--questions", type=int, default=240, help="questions (default 240)")
+    facts.add_argument("--seed", type=int, default=11, help="question seed (default 11)")
+    facts.add_argument(
+        "--concurrency", type=int, default=8, help="members asking at once (default 8)"
+    )
+    facts.add_argument(
+        "--max-new-tokens", type=int, default=64, help="longest model reply (default 64)"
+    )
+    facts.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser
 
 
@@ -260,6 +273,29 @@ async def _bench_recommend(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bench_facts(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from bench.facts import main as bench
+    from bench.facts import report
+
+    if min(args.questions, args.concurrency, args.max_new_tokens) < 1:
+        print("--questions, --concurrency and --max-new-tokens must be at least 1.",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_SETTINGS
+    if settings.catalog.file is None:
+        print("CATALOG_FILE is unset: the benchmark needs a catalog file.", file=sys.stderr)
+        return EXIT_SETTINGS
+    gen = settings.generation.model_copy(update={"max_new_tokens": args.max_new_tokens})
+    result = await bench(
+        settings.model_copy(update={"generation": gen}), count=args.questions,
+        seed=args.seed, concurrency=args.concurrency, out=args.out,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    print(report(result), file=sys.stderr)
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -296,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(settings))
         if args.command == "bench":
             return asyncio.run(_bench(settings, args))
+        if args.command == "bench-facts":
+            return asyncio.run(_bench_facts(settings, args))
         if args.command == "bench-memory":
             return asyncio.run(_bench_memory(settings, args.out, args.compare_embeddings))
         return asyncio.run(_chat(settings, args))

@@ -120,6 +120,11 @@ class MemoryStore:
         self._taste_remove: AsyncScript = client.register_script(load_script("taste_remove"))
         self.learner: TasteLearner | None = None
 
+    @property
+    def client(self) -> Redis:
+        """The Redis client, for what shares the connection (the catalog, trivia)."""
+        return self._redis
+
     async def ping(self) -> None:
         try:
             await self._redis.ping()

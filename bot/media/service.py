@@ -49,7 +49,7 @@ class Media:
         self.blurb_params = blurb_params
         self.content_params = content_params or blurb_params
         self._recommender: Recommender | None = None
-        self.trivia = Trivia(memory._redis, memory.keys, seconds=trivia_seconds)
+        self.trivia = Trivia(memory.client, memory.keys, seconds=trivia_seconds)
         self.stories = Stories(memory, generator, params=story_params or self.content_params)
 
     @classmethod
