@@ -245,6 +245,8 @@ CHECKS: list[tuple[str | None, str, str | None]] = [
     ("Okja", "Okja stars Tilda Swinton and Tom Hanks.", "Okja stars Tilda Swinton."),
     ("Okja", "It is a 2019 Japanese horror-drama film about survivors.", None),
     ("Okja", "It premiered on March 3rd at a festival.", None),
+    ("Okja", "Okja is a scary movie about a pig.", None),  # Okja is not filed as horror
+    ("Stranger Things", "Stranger Things is a scary show.", "Stranger Things is a scary show."),
     (None, "Have you seen *The Last Journey of Bob*?", None),
     (None, "I'm Sarah, the AI here to help with your film projects.", None),
     (None, "I've been working on my latest series about the internet.", None),

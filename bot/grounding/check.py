@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from rapidfuzz import fuzz
 
 from bot.grounding.finder import Finder, Found
-from bot.media.catalog import Title, fold
+from bot.media.catalog import Title, concept_of, fold
 
 YEAR = re.compile(r"(?<![\d,.])\b(1[89]\d\d|20\d\d)\b(?![\d,]|s\b|'s\b)")
 _NAME = r"[A-Z][\w'’.-]*(?:\s+(?:[A-Z][\w'’.-]*|de|da|del|van|von|der|le|la|di|bin))*"
@@ -241,7 +241,11 @@ class ReplyCheck:
             text = text_or_reason[0]
         if text != sentence:
             found = self.finder.find(text, cased=True)
-        reason = self._nationality(text, involved) or self._uncredited(text, involved, found)
+        reason = (
+            self._nationality(text, involved)
+            or self._genres(text, involved)
+            or self._uncredited(text, involved, found)
+        )
         if reason:
             return Review(None, reason)
         return Review(text)
@@ -342,6 +346,17 @@ class ReplyCheck:
                 return f"a country the catalog does not give: {match.group(1)}"
         return ""
 
+    def _genres(self, sentence: str, involved: Sequence[Title]) -> str:
+        """A genre the sentence gives a title ("a horror-drama film", "a scary movie")
+        that none of the titles involved has."""
+        have = {c for t in involved for c in t.concepts}
+        if not have:
+            return ""
+        for concept in claimed_genres(sentence):
+            if concept not in have:
+                return f"a genre the catalog does not give: {concept}"
+        return ""
+
     def _uncredited(self, sentence: str, involved: Sequence[Title], found: Found) -> str:
         """A catalog person named beside a credit word, not credited for these titles."""
         if not CREDIT_WORDS.search(sentence):
@@ -359,6 +374,35 @@ _NOT_A_NAME = frozenset(
         "her", "their", "a", "an", "who", "which", "what", "there", "here", "both", "each",
     }
 )  # fmt: skip
+
+
+KIND_NOUNS = frozenset(
+    {
+        "film", "films", "movie", "movies", "show", "shows", "series", "documentary",
+        "documentaries", "flick", "sitcom", "anime", "docuseries",
+    }
+)  # fmt: skip
+
+
+def claimed_genres(sentence: str) -> list[str]:
+    """Genre concepts written right before a kind of title: "a 2019 horror-drama film"
+    claims horror and drama, "a music documentary" music and documentary."""
+    words = re.findall(r"[a-z&'-]+", sentence.lower())
+    claimed: list[str] = []
+    for i, word in enumerate(words):
+        if word not in KIND_NOUNS:
+            continue
+        if concept_of(word) and word.startswith("doc"):
+            claimed.append(concept_of(word) or "")
+        j = i - 1
+        while j >= 0:
+            parts = [words[j]] if concept_of(words[j]) else words[j].split("-")
+            concepts = [concept_of(p) for p in parts if p]
+            if not concepts or not all(concepts):
+                break
+            claimed += [c for c in concepts if c]
+            j -= 1
+    return list(dict.fromkeys(claimed))
 
 
 def _split_names(run: str) -> list[str]:
