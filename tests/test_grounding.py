@@ -143,6 +143,23 @@ def test_factual_answers_come_from_the_catalog(
         assert word in text, (word, text)
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("When was Was It Love? released?", "2020"),
+        ("who is in Take the Ball, Pass the Ball?", "Take the Ball, Pass the Ball (2018"),
+        ("What genre is LSD: Love, Sex Aur Dhokha?", "LSD: Love, Sex Aur Dhokha (2010"),
+        ("When was best.worst.weekend.ever. released?", "2018"),
+        ("How many seasons does Perfume have?", "Perfume (2018 TV show) has"),
+    ],
+)
+def test_a_title_with_its_own_punctuation_is_asked_about_whole(
+    finder: Finder, message: str, expected: str
+) -> None:
+    text = answer_question(finder.catalog, ground(finder, message, []))
+    assert text is not None and expected in text, text
+
+
 def test_a_title_the_catalog_lacks_gets_an_honest_miss_with_did_you_mean(
     finder: Finder,
 ) -> None:

@@ -357,10 +357,9 @@ class Finder:
         candidates.sort(key=lambda c: (-c[0], c[1].corrected, -c[1].score, c[1].start))
         chosen: list[Mention] = []
         for _, mention in candidates:
-            overlaps = [m for m in chosen if m.start < mention.end and mention.start < m.end]
-            # Only a title and a person of exactly the same words may share them.
-            if any((m.start, m.end) != (mention.start, mention.end) or m.kind == mention.kind
-                   for m in overlaps):  # fmt: skip
+            # Overlapping names: the longer wins; a title beats a person of the same
+            # words ("Perfume" the series, not the band).
+            if any(m.start < mention.end and mention.start < m.end for m in chosen):
                 continue
             chosen.append(mention)
         chosen.sort(key=lambda m: (m.start, m.kind != "title"))

@@ -12,6 +12,7 @@ model-written reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -167,7 +168,7 @@ class Grounding:
 def ground(finder: Finder, message: str, turns: Sequence[Turn]) -> Grounded:
     """See `Grounding.read`."""
     found = finder.find(message)
-    question = read_question(message)
+    question = _question(message, found)
     titles = list(found.titles)
     people = list(found.people)
     excluded = [t for m in found.mentions if m.kind == "title" for t in m.titles]
@@ -200,6 +201,27 @@ def ground(finder: Finder, message: str, turns: Sequence[Turn]) -> Grounded:
         facts=facts_text(finder.catalog, titles, people[:FACT_PEOPLE]),
         excluded=tuple(dict.fromkeys(excluded)),
     )
+
+
+def _question(message: str, found: Found) -> Question | None:
+    """The message's factual question, read with every name the finder saw masked, so
+    a title's own punctuation ("Was It Love?", "Take the Ball, Pass the Ball") does not
+    end the question early; the slot comes back as the name was written."""
+    masked, names = message, {}
+    for n, mention in reversed(list(enumerate(found.mentions))):
+        token = f"XQ{n}QX"
+        end = mention.end
+        if mention.kind == "title":
+            # The name's own last marks ("Was It Love?") are part of it when written.
+            tail = re.search(r"[^\w\s]+$", mention.title.title)
+            if tail and message[end : end + len(tail.group())] == tail.group():
+                end += len(tail.group())
+        names[token.lower()] = message[mention.start : end]
+        masked = masked[: mention.start] + token + masked[end:]
+    question = read_question(masked) if names else None
+    if question is not None and question.slot.lower() in names:
+        return dataclasses.replace(question, slot=names[question.slot.lower()])
+    return read_question(message)
 
 
 def _asks_back_for_person(question: Question | None) -> bool:
