@@ -48,13 +48,16 @@ def redact_url(url: str) -> str:
 
 
 def client_for_url(url: str, *, socket_timeout: float, connect_timeout: float) -> Redis:
-    """A client that fails fast when Redis is gone and reconnects on the next call."""
+    """A client that fails fast when Redis is gone and reconnects on the next call.
+
+    No `health_check_interval`: its PING on a reconnect waits without the socket
+    timeout, so a paused or stalled Redis held a reply until it answered again; a
+    stale connection is found by the call itself, and the one retry reconnects."""
     return Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-        health_check_interval=30,
     )
 
 
