@@ -1,5 +1,5 @@
-"""`python -m bench facts [options]`: the benchmarks that live here (the others still
-run as `mediabot bench`, `bench-memory` and `bench-recommend`)."""
+"""`python -m bench facts|soak [options]`: the benchmarks that live here (the others
+still run as `mediabot bench`, `bench-memory` and `bench-recommend`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from bot.__main__ import main
 
 if __name__ == "__main__":
-    names = {"facts": "bench-facts"}
+    names = {"facts": "bench-facts", "soak": "bench-soak"}
     args = sys.argv[1:]
     if not args or args[0] not in names:
         print(f"usage: python -m bench {{{','.join(names)}}} [options]", file=sys.stderr)

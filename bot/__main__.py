@@ -1,5 +1,5 @@
 """Command line: `python -m bot chat | run | import-catalog | bench | bench-memory |
-bench-recommend | bench-facts | prepare-model` (also `mediabot`)."""
+bench-recommend | bench-facts | bench-soak | prepare-model` (also `mediabot`)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=64, help="longest model reply (default 64)"
     )
     facts.add_argument("--out", type=Path, help="also write the JSON result here")
+    soak = sub.add_parser(
+        "bench-soak", help="many members for a long time: memory growth, leftovers, errors"
+    )
+    soak.add_argument("--members", type=int, default=200, help="members (default 200)")
+    soak.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
+    soak.add_argument(
+        "--max-new-tokens", type=int, default=32, help="longest model reply (default 32)"
+    )
+    soak.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser
 
 
@@ -296,6 +305,24 @@ async def _bench_facts(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bench_soak(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from bench.soak import main as bench
+    from bench.soak import report
+
+    if args.members < 1 or args.minutes <= 0 or args.max_new_tokens < 1:
+        print("--members and --max-new-tokens must be at least 1, --minutes above 0.",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_SETTINGS
+    gen = settings.generation.model_copy(update={"max_new_tokens": args.max_new_tokens})
+    result = await bench(settings.model_copy(update={"generation": gen}),
+                         members=args.members, minutes=args.minutes, out=args.out)  # fmt: skip
+    print(json.dumps(result, indent=2))
+    print(report(result), file=sys.stderr)
+    return 0
+
+
 def _prepare(settings: Settings) -> int:
     from bot.generation.weights import model_dir
 
@@ -332,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(settings))
         if args.command == "bench":
             return asyncio.run(_bench(settings, args))
+        if args.command == "bench-soak":
+            return asyncio.run(_bench_soak(settings, args))
         if args.command == "bench-facts":
             return asyncio.run(_bench_facts(settings, args))
         if args.command == "bench-memory":

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench.corpus import cases
 from bot.assistant import Assistant, ReplyRequest
 from bot.generation.local import LocalGenerator
 from bot.moderation import moderator as mod
@@ -20,7 +21,6 @@ from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import ScriptedGenerator, make_settings
-from tests.corpus import cases
 from tests.test_assistant import RecordingSink
 
 INJECTIONS = cases("injection.txt")

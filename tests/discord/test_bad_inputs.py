@@ -15,6 +15,7 @@ from typing import Any
 
 import discord.ext.test as dpytest
 
+from bench.corpus import all_cases
 from bot.discord.chunks import MESSAGE_LIMIT, units
 from bot.discord.client import ERROR_SENTENCE
 from bot.generation.local import LocalGenerator
@@ -25,7 +26,6 @@ from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import ScriptedGenerator, make_settings
-from tests.corpus import all_cases
 from tests.discord.conftest import build_bot
 from tests.discord.test_chat import post
 

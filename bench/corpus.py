@@ -1,11 +1,12 @@
-"""Reads the text-file corpora under tests/data (format: tests/data/bad_inputs/README.md)."""
+"""Reads the bad-input corpus under tests/data/bad_inputs (format: its README.md): the
+tests run every case; the soak benchmark mixes them into its members' messages."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs"
+BAD_INPUTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "bad_inputs"
 _ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))")
 _SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}
 _REPEAT = re.compile(r"^repeat (\d+): (.*)$", re.DOTALL)
@@ -30,7 +31,8 @@ def cases(name: str) -> list[str]:
 
 
 def all_cases() -> list[tuple[str, str]]:
-    """(id, text) for every case of every file."""
+    """(id, text) for every case of every file (none where the repository's tests are
+    not present, as in an installed package)."""
     out = []
     for path in sorted(BAD_INPUTS.glob("*.txt")):
         for i, text in enumerate(cases(path.name)):
