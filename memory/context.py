@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -79,6 +79,9 @@ class ContextWindow:
     oldest_turn_id: int | None = None  # the oldest stored turn in the window
     recalled: int = 0
     facts: int = 0  # lines of catalog facts kept
+    # Tokens of each part: system (with the template's own), profile, summary, facts,
+    # recall, message, history; they add up to `tokens`.
+    slots: dict[str, int] = field(default_factory=dict)
 
 
 def context_budget(context_length: int, max_new_tokens: int, margin: int, cap: int) -> int:
@@ -156,13 +159,15 @@ def build_context(
             "context window with room for a message"
         )
     full_system, used = system, over.fixed + system_tokens
-    for header, body, share in (
-        (PROFILE_HEADER, profile, profile_share),
-        (SUMMARY_HEADER, summary, summary_share),
+    slots = {"system": used}
+    for slot, header, body, share in (
+        ("profile", PROFILE_HEADER, profile, profile_share),
+        ("summary", SUMMARY_HEADER, summary, summary_share),
     ):
         text, cost = _section(counter, header, body, int(budget * share))
         if text and budget - used - cost >= MIN_MESSAGE_TOKENS:
             full_system, used = full_system + text, used + cost
+            slots[slot] = cost
 
     # What the history may use whatever is recalled, whatever facts are given and
     # whatever the message's length: where its start goes depends on this room only, so
@@ -178,20 +183,13 @@ def build_context(
         counter, facts, facts_cap, budget - used - MIN_MESSAGE_TOKENS, over.separator
     )
     used += facts_used
+    slots["facts"] = facts_used
 
-    # Recalled turns: whole lines, newest relevance first, within their share.
-    recall_used, lines = 0, []
-    room = recall_cap - counter.count_tokens(RECALL_HEADER) - 1 - over.separator
-    for line in recall_lines(recalled):
-        cost = counter.count_tokens(line) + over.separator
-        if recall_used + cost > room or budget - used - recall_used - cost < MIN_MESSAGE_TOKENS:
-            continue
-        lines.append(line)
-        recall_used += cost
-    recall = ""
-    if lines:
-        recall = RECALL_HEADER + "\n".join(lines) + MERGE_SEPARATOR
-        used += recall_used + counter.count_tokens(RECALL_HEADER) + 1 + over.separator
+    recall, recall_used, recalled_lines = _recall_within(
+        counter, recalled, recall_cap, budget - used, over.separator
+    )
+    used += recall_used
+    slots["recall"] = recall_used
 
     truncated = False
     available = budget - used
@@ -201,6 +199,7 @@ def build_context(
         message_tokens = counter.count_tokens(message)
         truncated = True
     used += message_tokens
+    slots["message"] = message_tokens
 
     # Recent turns, whole turns only. A turn merged into a neighbour of its own role
     # costs a separator instead of a message.
@@ -214,7 +213,8 @@ def build_context(
     chosen = list(turns[first:])
 
     messages, kept = _assemble(full_system, chosen, recall + facts_block + message)
-    used += sum(t.tokens + over.per_message + over.separator for t in kept)
+    slots["history"] = sum(t.tokens + over.per_message + over.separator for t in kept)
+    used += slots["history"]
     oldest = next((t.id for t in kept if isinstance(t, StoredTurn)), None)
     return ContextWindow(
         messages=messages,
@@ -224,9 +224,29 @@ def build_context(
         turns_used=len(kept),
         message_truncated=truncated,
         oldest_turn_id=oldest,
-        recalled=len(lines),
+        recalled=recalled_lines,
         facts=fact_lines,
+        slots=slots,
     )
+
+
+def _recall_within(
+    counter: TokenCounter, recalled: Sequence[StoredTurn], cap: int, room: int, separator: int
+) -> tuple[str, int, int]:
+    """Recalled turns as whole lines, newest relevance first, within `cap` and leaving
+    a message its least room of `room`: the text, its token bound, the lines kept."""
+    used, lines = 0, []
+    limit = cap - counter.count_tokens(RECALL_HEADER) - 1 - separator
+    for line in recall_lines(recalled):
+        cost = counter.count_tokens(line) + separator
+        if used + cost > limit or room - used - cost < MIN_MESSAGE_TOKENS:
+            continue
+        lines.append(line)
+        used += cost
+    if not lines:
+        return "", 0, 0
+    used += counter.count_tokens(RECALL_HEADER) + 1 + separator
+    return RECALL_HEADER + "\n".join(lines) + MERGE_SEPARATOR, used, len(lines)
 
 
 def _lines_within(

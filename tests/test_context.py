@@ -64,6 +64,7 @@ def check_window(gen: LocalGenerator, window: ContextWindow, message: str, budge
     assert roles[2::2] == ["assistant"] * len(roles[2::2])
     assert roles[-1] == "user"
     assert window.messages[-1]["content"].endswith(window.message)
+    assert sum(window.slots.values()) == window.tokens  # every token belongs to a slot
     if window.message_truncated:
         assert window.message.endswith(TRUNCATION_MARKER)
         kept = window.message[: -len(TRUNCATION_MARKER)]
@@ -238,3 +239,35 @@ def test_a_long_conversation_keeps_its_window_start_for_several_messages(
     assert starts[0] == 1 and moved, "the conversation outgrew the window"
     assert starts == sorted(starts)  # never back
     assert len(moved) <= (len(starts) - moved[0]) // 3  # at most once in three messages
+
+
+def test_catalog_facts_sit_beside_the_message_within_their_share_and_keep_the_start(
+    generator: LocalGenerator,
+) -> None:
+    """The facts slot: whole lines within its share, in the member's message just
+    before the text, and the history starts on the same turn with or without facts
+    (the model's cached reading of the conversation stays valid)."""
+    budget = 1200
+    items = []
+    for m in range(40):
+        items += [("user", f"message {m}: " + " ".join(WORDS[: 6 + m % 5])),
+                  ("assistant", f"reply {m}: " + " ".join(WORDS * 2))]  # fmt: skip
+    turns = stored_turns_for(generator, items)
+    facts = "Catalog facts:\n" + "\n".join(
+        f"- Title {i} (film, 2001); genres: Dramas; directed by Someone {i}." for i in range(40)
+    )
+    message = "who directed it?"
+    with_facts = build_context(generator, system=SYSTEM, message=message, turns=turns,
+                               budget=budget, facts=facts, facts_share=0.15)  # fmt: skip
+    without = build_context(generator, system=SYSTEM, message=message, turns=turns,
+                            budget=budget, facts_share=0.15)  # fmt: skip
+    check_window(generator, with_facts, message, budget)
+    check_window(generator, without, message, budget)
+    last = with_facts.messages[-1]["content"]
+    assert last.index("Catalog facts:") < last.index(message)
+    assert 0 < with_facts.facts < 40  # capped: whole lines only
+    assert with_facts.slots["facts"] <= int(budget * 0.15)
+    assert f"Title {with_facts.facts - 1} " in last and f"Title {with_facts.facts} " not in last
+    assert "Catalog facts" not in with_facts.messages[0]["content"]
+    assert with_facts.oldest_turn_id == without.oldest_turn_id
+    assert without.facts == 0 and without.slots["facts"] == 0
