@@ -25,6 +25,7 @@ COPY --chown=mediabot:mediabot scripts ./scripts
 COPY --chown=mediabot:mediabot bot ./bot
 COPY --chown=mediabot:mediabot memory ./memory
 COPY --chown=mediabot:mediabot prompts ./prompts
+COPY --chown=mediabot:mediabot bench ./bench
 # The default media catalog (seeded into Redis on first start; masked by moderation).
 COPY --chown=mediabot:mediabot data/catalog ./data/catalog
 RUN scripts/setup.sh

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bot.generation.base import GenerationError
+from bot.metrics import MetricsUnavailable
 from bot.settings import Settings, describe_error
 from memory.connection import RedisUnavailable, open_redis
 from memory.context import ContextError
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PromptError, ContextError) as exc:
         print(f"Configuration problem: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    except (RedisUnavailable, GenerationError, MemoryUnavailable) as exc:
+    except (RedisUnavailable, GenerationError, MemoryUnavailable, MetricsUnavailable) as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ pipeline sends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from bot.generation.base import GenerationError, GenerationParams, Generator, Ow
 from bot.grounding.check import ReplyCheck
 from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
 from bot.media.recommend import NOTHING_FOUND, as_text, wants_recommendation
+from bot.metrics import Metrics
 from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
 from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
@@ -95,6 +97,9 @@ class ReplyOutcome:
     stored: bool
     generated: bool
     window: ContextWindow | None = None
+    # How the message was answered: catalog, recommendation, model; or why not: empty,
+    # refused, limited, busy, failed.
+    kind: str = ""
 
 
 class ReplySink(Protocol):
@@ -119,6 +124,37 @@ class ReplySink(Protocol):
         """The request's place in the model's queue (1 is next), 0 once it starts."""
 
 
+class _TimedSink:
+    """A sink that notes when the reply began and when its first piece was shown."""
+
+    def __init__(self, sink: ReplySink) -> None:
+        self.sink = sink
+        self.began = time.perf_counter()
+        self.first_piece: float | None = None
+
+    async def context(self, window: ContextWindow) -> None:
+        await self.sink.context(window)
+
+    async def notice(self, text: str) -> None:
+        await self.sink.notice(text)
+
+    async def piece(self, text: str) -> None:
+        if self.first_piece is None:
+            self.first_piece = time.perf_counter()
+        await self.sink.piece(text)
+
+    async def finish(self, text: str) -> str | None:
+        if self.first_piece is None:  # a reply shown whole at the end
+            self.first_piece = time.perf_counter()
+        return await self.sink.finish(text)
+
+    async def retract(self, text: str) -> None:
+        await self.sink.retract(text)
+
+    def position(self, place: int) -> None:
+        self.sink.position(place)
+
+
 class Assistant:
     """Holds the services one reply needs; built once in `main()`."""
 
@@ -133,8 +169,10 @@ class Assistant:
         moderator: Moderator | None = None,
         media: Media | None = None,
         grounding: Grounding | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.media = media
         if grounding is None and media is not None:
             grounding = Grounding(media, enabled=settings.grounding.enabled)
@@ -189,16 +227,26 @@ class Assistant:
         except MemoryUnavailable:
             return True  # without Redis no limit can be kept; answering beats refusing
         if not decision.allowed:
+            if self.metrics is not None:
+                self.metrics.ratelimit_refusals.labels(decision.who).inc()
             await sink.notice(slow_down_notice(decision))
         return decision.allowed
 
     async def reply(self, request: ReplyRequest, sink: ReplySink) -> ReplyOutcome:
         """Answer one message: see the module docstring for the order of steps."""
+        if self.metrics is None:
+            return await self._reply(request, sink)
+        timed = _TimedSink(sink)
+        outcome = await self._reply(request, timed)
+        self._observe(outcome, timed)
+        return outcome
+
+    async def _reply(self, request: ReplyRequest, sink: ReplySink) -> ReplyOutcome:
         mem = self.settings.memory
         clean = clean_input(request.text, mem.max_message_chars)
         if not clean.text:
             await sink.notice(EMPTY_HINT)
-            return ReplyOutcome(text="", stored=False, generated=False)
+            return ReplyOutcome(text="", stored=False, generated=False, kind="empty")
         where = request.where
         mod_policy = await self.moderator.policy(where)
         check = await self.moderator.check_input(
@@ -208,9 +256,9 @@ class Assistant:
             # Refused messages are never stored and never reach the model.
             if not check.quiet or request.always_answer:
                 await sink.notice(check.reason)
-            return ReplyOutcome(text="", stored=False, generated=False)
+            return ReplyOutcome(text="", stored=False, generated=False, kind="refused")
         if not await self._within_limits(request, sink):
-            return ReplyOutcome(text="", stored=False, generated=False)
+            return ReplyOutcome(text="", stored=False, generated=False, kind="limited")
         if clean.cut_at is not None:
             await sink.notice(cut_notice(clean.cut_at))
         if clean.stripped_controls:
@@ -226,27 +274,34 @@ class Assistant:
         answer = self.grounding.answer(grounded) if self.grounding else None
         if answer is not None:
             # A factual question: the catalog answers, no model and no slot needed.
+            kind = "catalog"
+            if self.metrics is not None:
+                self.metrics.grounding.labels("answered").inc()
             streamed = await self._say(answer, mod_policy, sink)
         else:
             async with self.moderator.slot(where, request.message_id) as free:
                 if not free:
                     await sink.notice(SERVER_BUSY)
-                    return ReplyOutcome(text="", stored=False, generated=False, window=window)
+                    return ReplyOutcome(text="", stored=False, generated=False, window=window,
+                                        kind="busy")  # fmt: skip
                 if self._wants_titles(clean.text, grounded):
+                    kind = "recommendation"
                     streamed = await self._recommend(
                         request, clean.text, snapshot, mod_policy, sink, grounded=grounded
                     )
                 else:
+                    kind = "model"
                     streamed = await self._stream(
                         request, window, mod_policy, system, sink, grounded=grounded
                     )
         if streamed is None:
-            return ReplyOutcome(text="", stored=False, generated=False, window=window)
+            return ReplyOutcome(text="", stored=False, generated=False, window=window,
+                                kind="failed")  # fmt: skip
         text = streamed or self._fallback(grounded)
         reply_id = await sink.finish(text)
         if not remember:
             await sink.notice(MEMORY_WRITE_FAILED)
-            return ReplyOutcome(text=text, stored=False, generated=True, window=window)
+            return ReplyOutcome(text=text, stored=False, generated=True, window=window, kind=kind)
 
         stored = await self._remember(
             request, window=window, snapshot=snapshot, asked_at=asked_at, text=text,
@@ -254,7 +309,45 @@ class Assistant:
         )  # fmt: skip
         if not stored:
             await sink.notice(MEMORY_WRITE_FAILED)
-        return ReplyOutcome(text=text, stored=stored, generated=True, window=window)
+        return ReplyOutcome(text=text, stored=stored, generated=True, window=window, kind=kind)
+
+    def _observe(self, outcome: ReplyOutcome, timed: _TimedSink) -> None:
+        """A reply's figures for the metrics."""
+        metrics = self.metrics
+        assert metrics is not None
+        metrics.replies.labels(outcome.kind or "unknown").inc()
+        if timed.first_piece is not None:
+            metrics.time_to_first_token.observe(timed.first_piece - timed.began)
+        if outcome.generated:
+            metrics.e2e_latency.observe(time.perf_counter() - timed.began)
+        window = outcome.window
+        if window is not None:
+            for slot, tokens in window.slots.items():
+                metrics.window_tokens.labels(slot).observe(tokens)
+            if outcome.kind == "model":
+                metrics.prompt_tokens.inc(window.tokens)
+                metrics.generation_tokens.inc(self.generator.count_tokens(outcome.text))
+
+    def _memory_op(self, op: str) -> contextlib.AbstractContextManager[None]:
+        return self.metrics.memory_op(op) if self.metrics else contextlib.nullcontext()
+
+    def _owner(self, request: ReplyRequest, sink: ReplySink) -> Owner:
+        """Whose request it is, telling the sink its place in line; the metrics hear how
+        long it waited for the model the first time."""
+        metrics = self.metrics
+        if metrics is None:
+            return Owner(request.user_id, request.scope.guild_id, sink.position)
+        submitted = time.perf_counter()
+        started = False
+
+        def position(place: int) -> None:
+            nonlocal started
+            if place == 0 and not started:
+                started = True
+                metrics.queue_time.observe(time.perf_counter() - submitted)
+            sink.position(place)
+
+        return Owner(request.user_id, request.scope.guild_id, position)
 
     async def _window(
         self, request: ReplyRequest, text: str, system: str, sink: ReplySink
@@ -262,16 +355,18 @@ class Assistant:
         """Memory, grounding and the window built from both; and whether the reply can
         be remembered (not when memory could not be read)."""
         try:
-            snapshot = await load_snapshot(
-                self.memory, self.generator, self.policy, scope=request.scope,
-                user_id=request.user_id, system=system, message=text,
-            )  # fmt: skip
+            with self._memory_op("read"):
+                snapshot = await load_snapshot(
+                    self.memory, self.generator, self.policy, scope=request.scope,
+                    user_id=request.user_id, system=system, message=text,
+                )  # fmt: skip
             grounded = await self._ground(text, snapshot)
-            window, snapshot = await assemble_window(
-                self.memory, self.generator, self.policy, scope=request.scope,
-                user_id=request.user_id, system=system, message=text, now=self._clock(),
-                snapshot=snapshot, facts=grounded.facts,
-            )  # fmt: skip
+            with self._memory_op("recall"):
+                window, snapshot = await assemble_window(
+                    self.memory, self.generator, self.policy, scope=request.scope,
+                    user_id=request.user_id, system=system, message=text,
+                    now=self._clock(), snapshot=snapshot, facts=grounded.facts,
+                )  # fmt: skip
         except MemoryUnavailable as exc:
             log.warning("memory load failed: %s", exc)
             await sink.notice(MEMORY_READ_FAILED)
@@ -328,7 +423,7 @@ class Assistant:
         """A recommendation asked in chat: titles from the catalog, checked sentences;
         titles the message names are the seeds, never among the picks."""
         assert self.media is not None
-        owner = Owner(request.user_id, request.scope.guild_id, sink.position)
+        owner = self._owner(request, sink)
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
                 picks = await self.media.recommend(
@@ -363,7 +458,7 @@ class Assistant:
         check = self.grounding.checker(grounded, BOT_NAME) if self.grounding else None
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
-                owner = Owner(request.user_id, request.scope.guild_id, sink.position)
+                owner = self._owner(request, sink)
                 stream = self.generator.stream(window.messages, self.params, owner=owner)
                 try:
                     async for piece in stream:
@@ -406,6 +501,9 @@ class Assistant:
         if self.grounding is not None:
             self.grounding.stats.repaired += len(check.repaired)
             self.grounding.stats.dropped += len(check.dropped)
+        if self.metrics is not None:
+            self.metrics.grounding.labels("repaired").inc(len(check.repaired))
+            self.metrics.grounding.labels("dropped").inc(len(check.dropped))
         for before, reason in check.dropped:
             log.info("catalog check dropped a sentence (%s): %s", reason, excerpt(before))
         return Rules.clean_output(check.shown).strip()
@@ -450,7 +548,8 @@ class Assistant:
             tokens=self.generator.count_tokens(text),
         )
         try:
-            await self.memory.append(request.scope, request.user_id, user_turn, bot_turn)
+            with self._memory_op("write"):
+                await self.memory.append(request.scope, request.user_id, user_turn, bot_turn)
         except MemoryUnavailable as exc:
             log.warning("memory append failed: %s", exc)
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.assistant import Assistant
 from bot.generation.base import GenerationError, GenerationParams, Generator
@@ -16,8 +16,9 @@ from bot.generation.weights import Progress, model_dir
 from bot.grounding.service import Grounding
 from bot.media.library import Library
 from bot.media.service import Media
+from bot.metrics import Health, Metrics, serve, watch_queue
 from bot.moderation.classifier import OffensiveClassifier
-from bot.moderation.moderator import Moderator
+from bot.moderation.moderator import ModerationEvent, Moderator
 from bot.moderation.policy import GuildPolicy, Moderation
 from bot.moderation.ratelimit import Limits, RateLimiter
 from bot.settings import Settings
@@ -35,6 +36,9 @@ class Services:
     guild_config: GuildConfig
     moderator: Moderator
     media: Media | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    metrics_port: int | None = None  # where /metrics and /health are served, if they are
 
 
 def build_moderator(
@@ -70,6 +74,30 @@ def load_remote(settings: Settings, progress: Progress) -> RemoteGenerator:
         queue_max=settings.generation.queue_max,
         per_user=settings.generation.per_user,
     )
+
+
+def watch(
+    metrics: Metrics, health: Health, memory: MemoryStore, generator: Generator,
+    moderator: Moderator,
+) -> None:  # fmt: skip
+    """What the metrics read from the services, and what /health asks of them: Redis
+    answers, and the generator is loaded (it is, once the services are open)."""
+    watch_queue(metrics, generator)
+
+    async def moderation(event: ModerationEvent) -> None:
+        metrics.moderation.labels(event.rule, event.action).inc()
+
+    moderator.listeners.append(moderation)
+
+    async def redis() -> bool:
+        await memory.ping()
+        return True
+
+    async def model() -> bool:
+        return generator.context_length > 0
+
+    health.add("redis", redis)
+    health.add("generator", model)
 
 
 def blurb_params(settings: Settings, tokens: int | None = None) -> GenerationParams:
@@ -165,6 +193,8 @@ async def open_services(
             story_params=blurb_params(settings, settings.catalog.story_tokens),
             trivia_seconds=settings.catalog.trivia_seconds,
         )
+        metrics, health = Metrics(), Health()
+        watch(metrics, health, memory, generator, moderator)
         grounding = Grounding(media, enabled=settings.grounding.enabled)
         if grounding.enabled:
             progress("Indexing the catalog's titles and people…")
@@ -177,16 +207,28 @@ async def open_services(
             moderator=moderator,
             media=media,
             grounding=grounding,
+            metrics=metrics,
         )
         try:
-            yield Services(
-                memory=memory,
-                generator=generator,
-                assistant=assistant,
-                guild_config=GuildConfig(client, keys),
-                moderator=moderator,
-                media=media,
-            )
+            async with contextlib.AsyncExitStack() as stack:
+                bound: int | None = None
+                if settings.metrics.port is not None:
+                    bound = await stack.enter_async_context(
+                        serve(metrics, health, host=settings.metrics.host,
+                              port=settings.metrics.port)
+                    )  # fmt: skip
+                    progress(f"Metrics and health on http://{settings.metrics.host}:{bound}")
+                yield Services(
+                    memory=memory,
+                    generator=generator,
+                    assistant=assistant,
+                    guild_config=GuildConfig(client, keys),
+                    moderator=moderator,
+                    media=media,
+                    metrics=metrics,
+                    health=health,
+                    metrics_port=bound,
+                )
         finally:
             await assistant.upkeep.drain()
             generator.close()

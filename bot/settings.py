@@ -283,6 +283,20 @@ class DiscordSettings(BaseSettings):
     edit_interval: float = Field(default=1.0, ge=0.2, le=10.0)
 
 
+class MetricsSettings(BaseSettings):
+    """The HTTP endpoint of a running bot or chat: Prometheus metrics and a health check."""
+
+    model_config = _section("METRICS_")
+
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve /metrics and /health here; unset: off."
+    )
+    host: str = Field(
+        default="127.0.0.1", min_length=1, max_length=255,
+        description="Address to listen on (0.0.0.0 in a container).",
+    )  # fmt: skip
+
+
 PersonaName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,40}$")]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -300,6 +314,7 @@ class Settings(BaseModel):
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     grounding: GroundingSettings = Field(default_factory=GroundingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
     persona: PersonaName = "default"
     log_level: LogLevel = "WARNING"
@@ -330,6 +345,7 @@ _PREFIXES: dict[str, str] = {
     "ModerationSettings": "MODERATION_",
     "CatalogSettings": "CATALOG_",
     "GroundingSettings": "GROUNDING_",
+    "MetricsSettings": "METRICS_",
     "RemoteSettings": "REMOTE_",
 }
 

@@ -48,6 +48,9 @@ def test_compose_file_is_valid_and_durable(tmp_path: Path) -> None:
     assert any(str(v).startswith("redis-data:/data") for v in redis["volumes"])
     assert bot["depends_on"]["redis"]["condition"] == "service_healthy"
     assert bot["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    # The bot's health check asks its own /health on the metrics port.
+    port = bot["environment"]["METRICS_PORT"]
+    assert f"http://127.0.0.1:{port}/health" in " ".join(bot["healthcheck"]["test"])
     assert any(str(v).startswith("model-cache:/app/models") for v in bot["volumes"])
     assert bot["restart"] == redis["restart"] == "unless-stopped"
     assert set(config["volumes"]) == {"redis-data", "model-cache"}
@@ -75,6 +78,9 @@ def test_dockerfile_installs_like_ci_and_runs_as_a_user() -> None:
     assert users == ["USER mediabot"]
     assert lines.index("USER mediabot") < lines.index("RUN scripts/setup.sh")
     assert 'CMD [".venv/bin/python", "-m", "bot", "run"]' in lines
+    # Every package pyproject.toml ships is in the image.
+    for package in ("bot", "memory", "prompts", "bench"):
+        assert f"COPY --chown=mediabot:mediabot {package} ./{package}" in lines
 
 
 def test_the_image_ships_the_default_catalog() -> None:

@@ -29,7 +29,7 @@ def all_setting_names() -> list[str]:
 
 
 def test_every_settings_section_is_checked() -> None:
-    assert len(SECTIONS) == 10 and {s.__name__ for s in SECTIONS} >= {
+    assert len(SECTIONS) == 11 and {s.__name__ for s in SECTIONS} >= {
         "RedisSettings", "GroundingSettings", "CatalogSettings", "RemoteSettings"
     }  # fmt: skip
 

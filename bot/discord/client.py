@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from typing import Any
 
@@ -64,6 +65,18 @@ class MediaBot(commands.Bot):
         self.services = services
         self.guild_config: GuildConfig = services.guild_config
         self.tree.error(self.on_app_command_error)
+        services.health.add("discord", self._gateway_ok)
+        services.metrics.on_collect(self._gateway_latency)
+
+    async def _gateway_ok(self) -> bool:
+        """Connected to the gateway (for /health)."""
+        return self.is_ready() and not self.is_closed()
+
+    def _gateway_latency(self) -> None:
+        shards = getattr(self, "latencies", None) or [(0, self.latency)]
+        for shard, latency in shards:
+            if not math.isnan(latency):  # NaN until the first heartbeat
+                self.services.metrics.gateway_latency.labels(str(shard)).set(latency)
 
     @property
     def chat_channels_enabled(self) -> bool:
