@@ -299,18 +299,24 @@ async def test_the_bot_killed_mid_reply_stores_nothing_leaks_no_slot_and_answers
     lease_s = 60 + 30  # GENERATION_TIMEOUT + 30: how long a server's slot is held at most
 
     def driver(text: str, message_id: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(script), text, message_id], stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
-        )  # fmt: skip
+        with (tmp_path / f"{message_id}.log").open("w") as log:
+            return subprocess.Popen(
+                [sys.executable, str(script), text, message_id], stdout=subprocess.PIPE,
+                stderr=log, text=True, env=env, cwd=tmp_path,
+            )  # fmt: skip
+
+    def said(message_id: str) -> str:
+        return (tmp_path / f"{message_id}.log").read_text()[-2000:]
 
     proc = driver("Tell me a long story about a lighthouse keeper.", "k1")
     assert proc.stdout is not None
-    first = await asyncio.to_thread(proc.stdout.read, 1)  # the reply is streaming
-    assert first
-    proc.send_signal(signal.SIGKILL)
-    await asyncio.to_thread(proc.wait, 30)
-    proc.stdout.close()
+    try:
+        first = await asyncio.to_thread(proc.stdout.read, 1)  # the reply is streaming
+        assert first, said("k1")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 30)
+        proc.stdout.close()
 
     client = Redis.from_url(url)
     keys = Keys("mbkill")
@@ -328,7 +334,7 @@ async def test_the_bot_killed_mid_reply_stores_nothing_leaks_no_slot_and_answers
     assert again.stdout is not None
     out = await asyncio.to_thread(again.stdout.read)
     again.stdout.close()
-    assert await asyncio.to_thread(again.wait, 300) == 0  # answered and stored
+    assert await asyncio.to_thread(again.wait, 300) == 0, said("k2")  # answered and stored
     assert out.strip()
     history = await store.history(Scope("777"), "m1")
     assert len(history) == 2 and history[0]["text"] == "Hello again."

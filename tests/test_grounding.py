@@ -151,6 +151,7 @@ def test_factual_answers_come_from_the_catalog(
         ("What genre is LSD: Love, Sex Aur Dhokha?", "LSD: Love, Sex Aur Dhokha (2010"),
         ("When was best.worst.weekend.ever. released?", "2018"),
         ("How many seasons does Perfume have?", "Perfume (2018 TV show) has"),
+        ("Who directed ¡ay, mi madre!?", "¡Ay, mi madre! (2019 film) was directed by"),
     ],
 )
 def test_a_title_with_its_own_punctuation_is_asked_about_whole(

@@ -210,14 +210,17 @@ def _question(message: str, found: Found) -> Question | None:
     masked, names = message, {}
     for n, mention in reversed(list(enumerate(found.mentions))):
         token = f"XQ{n}QX"
-        end = mention.end
+        start, end = mention.start, mention.end
         if mention.kind == "title":
-            # The name's own last marks ("Was It Love?") are part of it when written.
+            # The name's own marks ("Was It Love?", "¡Ay, mi madre!") are part of it.
+            head = re.match(r"[^\w\s]+", mention.title.title)
             tail = re.search(r"[^\w\s]+$", mention.title.title)
+            if head and message[start - len(head.group()) : start] == head.group():
+                start -= len(head.group())
             if tail and message[end : end + len(tail.group())] == tail.group():
                 end += len(tail.group())
-        names[token.lower()] = message[mention.start : end]
-        masked = masked[: mention.start] + token + masked[end:]
+        names[token.lower()] = message[start:end]
+        masked = masked[:start] + token + masked[end:]
     question = read_question(masked) if names else None
     if question is not None and question.slot.lower() in names:
         return dataclasses.replace(question, slot=names[question.slot.lower()])
