@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from bot.generation import llama
+from bot.generation.kv import KVSlab, Segment
 from bot.generation.llama import (
     ATTENTION,
     PRODUCTS,
     LlamaConfig,
     LlamaModel,
-    Segment,
     available_products,
     packing_available,
 )  # fmt: skip
@@ -290,15 +290,15 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
         hidden=8, layers=3, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5,
         rope_theta=10000.0, vocab=16, tied=True, context_length=4096,
     )  # fmt: skip
-    slab = llama.KVSlab(config, slots=2, dtype=torch.float32, device="cpu")
+    slab = KVSlab(config, slots=2, dtype=torch.float32, device="cpu")
     slab.ensure(10)
-    assert slab.capacity == llama.KVSlab.STEP and len(slab.layers) == config.layers
+    assert slab.capacity == KVSlab.STEP and len(slab.layers) == config.layers
     first = torch.randn(config.layers, 2, 1, 10, 4)
     slab.write(0, first)
     grown_from = [layer.data_ptr() for layer in slab.layers]
     second = torch.randn(config.layers, 2, 1, 300, 4)
     slab.write(1, second)  # grows every layer to 384 positions
-    assert slab.capacity == 3 * llama.KVSlab.STEP
+    assert slab.capacity == 3 * KVSlab.STEP
     assert all(layer.data_ptr() != old for layer, old in zip(slab.layers, grown_from, strict=True))
     assert torch.equal(slab.read(0, 10), first) and torch.equal(slab.read(1, 300), second)
     slab.move(1, 0, 50)

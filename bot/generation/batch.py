@@ -1,6 +1,6 @@
 """Continuous batching: one decoding thread runs every live request together.
 
-Every request's KV cache lives in one slab, a slot per request (bot/generation/llama.py).
+Every request's KV cache lives in one slab, a slot per request (bot/generation/kv.py).
 A new request takes a free slot, starts from the longest cached prefix it shares with
 an earlier prompt, and its prompt is read in chunks on the same forward passes that
 decode the running requests' next tokens, so a long prompt never stalls the others
@@ -379,7 +379,7 @@ class BatchEngine:
             row.request.done(None)
 
     def _pass(self) -> None:
-        from bot.generation.llama import Segment
+        from bot.generation.kv import Segment
 
         rows = list(self._rows)
         ids = [r.next_token for r in rows]
@@ -448,9 +448,11 @@ class BatchEngine:
         target = len(self._rows)
         if row.slot != target:
             occupant = next((r for r in self._filling if r.slot == target), None)
-            held = self._slab.read(target, occupant.length) if occupant else None
-            self._slab.move(row.slot, target, row.length)
-            if occupant is not None:
+            if occupant is None:
+                self._slab.move(row.slot, target, row.length)
+            else:
+                held = self._slab.read(target, occupant.length)
+                self._slab.move(row.slot, target, row.length)
                 self._slab.write(row.slot, held)
                 occupant.slot = row.slot
             row.slot = target
