@@ -26,6 +26,7 @@ from bot.generation.llama import (
     packing_available,
 )  # fmt: skip
 from bot.generation.local import PRODUCTS_FILE, choose_products_cached
+from bot.generation.weights import llama_from_directory, llama_from_transformers
 
 SMALL = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -69,7 +70,7 @@ def test_logits_match_transformers(name: str, products: str, attention: str) -> 
         pytest.skip("torch was built without oneDNN")
     kind = name.split("-", maxsplit=1)[0].removesuffix("3")
     reference = build(kind, **VARIANTS[name])
-    ours = LlamaModel.from_transformers(reference)
+    ours = llama_from_transformers(reference)
     assert ours is not None
     ours.products = products
     ours.attention = attention
@@ -100,7 +101,7 @@ def test_logits_match_transformers(name: str, products: str, attention: str) -> 
 def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
     reference = build("qwen2")
     reference.save_pretrained(str(tmp_path))
-    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    loaded = llama_from_directory(tmp_path, torch.float32, "cpu")
     assert loaded is not None
     prompt = list(range(3, 30))
     with torch.inference_mode():
@@ -112,7 +113,7 @@ def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
 def test_bf16_weights_are_converted_as_they_are_read(tmp_path: Path) -> None:
     reference = build("qwen2").to(torch.bfloat16)
     reference.save_pretrained(str(tmp_path))
-    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    loaded = llama_from_directory(tmp_path, torch.float32, "cpu")
     assert loaded is not None and loaded.dtype == torch.float32
     stored = {k: v.float() for k, v in reference.state_dict().items()}
     first = loaded.layers[0]
@@ -133,18 +134,18 @@ def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 1000])
     with pytest.raises(ValueError, match="cut short"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+        llama_from_directory(tmp_path, torch.float32, "cpu")
     weights.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="not a safetensors file"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+        llama_from_directory(tmp_path, torch.float32, "cpu")
     header = b'{"model.norm.weight": {"shape": [4]}}'
     weights.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(ValueError, match="malformed header"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+        llama_from_directory(tmp_path, torch.float32, "cpu")
 
 
 def test_the_faster_products_are_chosen() -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
+    ours = llama_from_transformers(build("llama"))
     assert ours is not None
     took = llama.choose_products(ours, rows=4)
     assert set(took) == set(available_products()) and all(t > 0 for t in took.values())
@@ -153,7 +154,7 @@ def test_the_faster_products_are_chosen() -> None:
 
 
 def test_the_faster_attention_is_chosen() -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
+    ours = llama_from_transformers(build("llama"))
     assert ours is not None
     took = llama.choose_attention(ours, rows=4)
     assert set(took) == set(ATTENTION) and all(t > 0 for t in took.values())
@@ -163,7 +164,7 @@ def test_the_faster_attention_is_chosen() -> None:
 def test_the_choice_of_products_is_remembered_per_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
+    ours = llama_from_transformers(build("llama"))
     assert ours is not None
     measured: list[int] = []
 
@@ -225,7 +226,7 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
     """Packing converts every product matrix in place (no plain copy kept, except a
     tied output matrix, which the embedding lookup reads), and unpacking gives back
     the same numbers."""
-    ours = LlamaModel.from_transformers(build("llama", **VARIANTS[name]))
+    ours = llama_from_transformers(build("llama", **VARIANTS[name]))
     assert ours is not None
     plain = [
         (layer.qkv.clone(), layer.gate_up.clone(), layer.down.clone()) for layer in ours.layers
@@ -256,7 +257,7 @@ def test_padding_rows_stay_out_of_the_cache() -> None:
         1, 8, 16, 24, 24, 24, 32, 136,
     ]  # fmt: skip
     reference = build("llama")
-    ours = LlamaModel.from_transformers(reference)
+    ours = llama_from_transformers(reference)
     assert ours is not None
     prompt = list(range(3, 24))
     slab = ours.slab(2)

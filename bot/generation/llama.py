@@ -12,19 +12,16 @@ a new prompt), so the running rows decode on the same pass that reads a new prom
 
 The arithmetic follows transformers' Llama (RMSNorm in float32, rotary embeddings,
 grouped-query attention through SDPA, SiLU MLP), and the tests compare greedy output
-with transformers' own `generate`. Weights come straight from safetensors, or are
-shared with an already loaded transformers model (no copy).
+with transformers' own `generate`. The weights are read by bot/generation/weights.py
+(straight from safetensors, or shared with a loaded transformers model, no copy).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,76 +133,6 @@ def _joined(w: dict[str, Any], name: str, parts: list[str]) -> Any:
     return None if any(t is None for t in found) else torch.cat(found)
 
 
-_SAFETENSORS_DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """Where one tensor lies in a safetensors file."""
-
-    file: Path
-    offset: int  # from the start of the file
-    size: int  # bytes
-    dtype: Any
-    shape: tuple[int, ...]
-
-
-def safetensors_index(path: Path) -> dict[str, _Stored]:
-    """The tensors of a safetensors file, from its header (nothing else is read)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        (size,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        if not 2 <= size <= 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        header = json.loads(f.read(size))
-    out = {}
-    try:
-        for name, spec in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
-            if dtype is None:
-                raise ValueError(f"{path.name}: {name} has an unsupported dtype {spec['dtype']}")
-            start, end = (int(x) for x in spec["data_offsets"])
-            shape = tuple(int(x) for x in spec["shape"])
-            if end - start != math.prod(shape) * dtype.itemsize or start < 0:
-                raise ValueError(f"{path.name}: {name} does not match its shape")
-            out[name] = _Stored(path, 8 + size + start, end - start, dtype, shape)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path.name} has a malformed header ({exc!r})") from exc
-    return out
-
-
-def read_into(stored: dict[str, _Stored], targets: dict[str, Any]) -> None:
-    """Fill each target tensor with the stored tensor of its name, converted to the
-    target's dtype and device, reading file by file in order through one scratch
-    buffer.
-
-    Not through `safetensors.safe_open`: it maps the whole file, and every page read
-    stays in the process's resident memory until the file is closed, so converting the
-    embedded model's bf16 weights to float32 peaked at both copies (1.07 GB against
-    0.80 GB held after loading)."""
-    if not targets:
-        return
-    scratch = torch.empty(max(stored[n].size for n in targets), dtype=torch.uint8)
-    for file in sorted({stored[n].file for n in targets}):
-        names = sorted(
-            (n for n in targets if stored[n].file == file), key=lambda n: stored[n].offset
-        )
-        with open(file, "rb") as handle:
-            for name in names:
-                item = stored[name]
-                handle.seek(item.offset)
-                window = memoryview(scratch[: item.size].numpy())  # type: ignore[arg-type]
-                if handle.readinto(window) != item.size:
-                    raise ValueError(f"{file.name}: {name} is cut short")
-                targets[name].copy_(scratch[: item.size].view(item.dtype).view(item.shape))
-
-
 class LlamaModel:
     def __init__(self, config: LlamaConfig, weights: dict[str, Any]) -> None:
         self.config = config
@@ -292,68 +219,6 @@ class LlamaModel:
         # A tied output matrix is the embedding, which the lookup reads plain: packed, it
         # is a copy; unpacked, the embedding again.
         self.lm_head = self.embed if self._tied and convert is _unpack else convert(self.lm_head)
-
-    @classmethod
-    def from_directory(cls, directory: Path, dtype: Any, device: Any) -> LlamaModel | None:
-        """Load a Hugging Face model directory's safetensors, or None when this module
-        cannot run its architecture (or its weights are not safetensors)."""
-        try:
-            raw = json.loads((directory / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        config = LlamaConfig.of(raw)
-        files = sorted(directory.glob("*.safetensors"))
-        if config is None or not files:
-            return None
-        stored: dict[str, _Stored] = {}
-        for file in files:
-            stored.update(safetensors_index(file))
-        # Each tensor is read once into its place: q, k and v (and gate and up) straight
-        # into their joined matrix, so no copy of the weights is made while loading.
-        weights: dict[str, Any] = {}
-        targets: dict[str, Any] = {}
-        for i in range(config.layers):
-            p = f"model.layers.{i}."
-            attention, mlp = f"{p}self_attn.", f"{p}mlp."
-            for joined, parts in (
-                (f"{attention}qkv_proj.weight", [f"{attention}{n}_proj.weight" for n in "qkv"]),
-                (f"{attention}qkv_proj.bias", [f"{attention}{n}_proj.bias" for n in "qkv"]),
-                (f"{mlp}gate_up_proj.weight", [f"{mlp}gate_proj.weight", f"{mlp}up_proj.weight"]),
-            ):
-                if not all(part in stored for part in parts):
-                    continue
-                rows = [stored[part].shape[0] for part in parts]
-                rest = stored[parts[0]].shape[1:]
-                weights[joined] = torch.empty((sum(rows), *rest), dtype=dtype, device=device)
-                targets.update(zip(parts, weights[joined].split(rows), strict=True))
-        for name, item in stored.items():
-            if name not in targets:
-                weights[name] = targets[name] = torch.empty(item.shape, dtype=dtype, device=device)
-        read_into(stored, targets)
-        return cls(config, weights)
-
-    @classmethod
-    def from_transformers(cls, model: Any) -> LlamaModel | None:
-        """Run a loaded transformers model's weights, or None. No copy stays: its q, k
-        and v (and gate and up) weights become views of the joined matrices."""
-        config = LlamaConfig.of(model.config.to_dict())
-        if config is None:
-            return None
-        ours = cls(config, {k: v.detach() for k, v in model.state_dict().items()})
-        c = config
-        q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
-        for layer, theirs in zip(ours.layers, model.model.layers, strict=True):
-            attention, mlp = theirs.self_attn, theirs.mlp
-            attention.q_proj.weight.data = layer.qkv[:q]
-            attention.k_proj.weight.data = layer.qkv[q : q + kv]
-            attention.v_proj.weight.data = layer.qkv[q + kv :]
-            if layer.qkv_bias is not None:
-                attention.q_proj.bias.data = layer.qkv_bias[:q]
-                attention.k_proj.bias.data = layer.qkv_bias[q : q + kv]
-                attention.v_proj.bias.data = layer.qkv_bias[q + kv :]
-            mlp.gate_proj.weight.data = layer.gate_up[: c.intermediate]
-            mlp.up_proj.weight.data = layer.gate_up[c.intermediate :]
-        return ours
 
     def slab(self, slots: int) -> KVSlab:
         return KVSlab(self.config, slots, self.dtype, self.device)

@@ -27,7 +27,13 @@ from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy
 from bot.generation.batch import BatchEngine, BatchRequest
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
-from bot.generation.weights import Progress, model_dir, offline
+from bot.generation.weights import (
+    Progress,
+    llama_from_directory,
+    llama_from_transformers,
+    model_dir,
+    offline,
+)
 from bot.settings import ModelSettings
 from memory.context import ChatMessage
 
@@ -188,7 +194,7 @@ class LocalGenerator:
         steady_malloc()
         import torch
 
-        from bot.generation.llama import LlamaConfig, LlamaModel
+        from bot.generation.llama import LlamaConfig
 
         directory = model_dir(settings.path, settings.cache_dir, progress)
         device = settings.device
@@ -229,7 +235,7 @@ class LocalGenerator:
                 torch.set_num_threads(settings.threads)
             fast = None
             if not with_transformers:
-                fast = LlamaModel.from_directory(directory, dtype, device)
+                fast = llama_from_directory(directory, dtype, device)
             if fast is None:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
@@ -566,9 +572,7 @@ def _load_tokenizer(directory: Path) -> Any:
 
 
 def _engine_model_of(model: Any) -> LlamaModel:
-    from bot.generation.llama import LlamaModel
-
-    fast = LlamaModel.from_transformers(model)
+    fast = llama_from_transformers(model)
     if fast is None:
         raise GenerationError(f"{type(model).__name__} is not a Llama-architecture model.")
     return fast
