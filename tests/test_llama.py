@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from bot.generation import llama
+from bot.generation import llama, tuning
 from bot.generation.kv import KVSlab, Segment
 from bot.generation.llama import (
     ATTENTION,
@@ -25,7 +25,7 @@ from bot.generation.llama import (
     available_products,
     packing_available,
 )  # fmt: skip
-from bot.generation.local import PRODUCTS_FILE, choose_products_cached
+from bot.generation.tuning import PRODUCTS_FILE, choose_products_cached
 from bot.generation.weights import llama_from_directory, llama_from_transformers
 
 SMALL = {
@@ -147,7 +147,7 @@ def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_the_faster_products_are_chosen() -> None:
     ours = llama_from_transformers(build("llama"))
     assert ours is not None
-    took = llama.choose_products(ours, rows=4)
+    took = tuning.choose_products(ours, rows=4)
     assert set(took) == set(available_products()) and all(t > 0 for t in took.values())
     # The times come rounded to 0.1 ms: on a tiny model both ways may round alike.
     assert took[ours.products] == min(took.values())
@@ -156,7 +156,7 @@ def test_the_faster_products_are_chosen() -> None:
 def test_the_faster_attention_is_chosen() -> None:
     ours = llama_from_transformers(build("llama"))
     assert ours is not None
-    took = llama.choose_attention(ours, rows=4)
+    took = tuning.choose_attention(ours, rows=4)
     assert set(took) == set(ATTENTION) and all(t > 0 for t in took.values())
     assert took[ours.attention] == min(took.values())
 
@@ -177,8 +177,8 @@ def test_the_choice_of_products_is_remembered_per_machine(
         model.attention = "sdpa"
         return {"matmul": 2.0, "sdpa": 1.0}
 
-    monkeypatch.setattr(llama, "choose_products", measure)
-    monkeypatch.setattr(llama, "choose_attention", measure_attention)
+    monkeypatch.setattr(tuning, "choose_products", measure)
+    monkeypatch.setattr(tuning, "choose_attention", measure_attention)
     assert choose_products_cached(ours, 4, tmp_path) == "transposed"
     assert measured == [4]
     remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())

@@ -19,8 +19,6 @@ with transformers' own `generate`. The weights are read by bot/generation/weight
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -467,75 +465,3 @@ def _pack(weight: Any) -> Any:
 
 def _unpack(weight: Any) -> Any:
     return weight.to_dense() if weight.is_mkldnn else weight
-
-
-def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
-    """Time a decode pass of `rows` rows with each way of computing the weight
-    products this machine offers, keep the fastest in `model.products`, and return the
-    milliseconds a pass took each way (the best of `rounds`, after one pass to warm up).
-
-    A decode pass multiplies a few rows by every weight matrix, read from memory, and
-    the fastest way depends on the matrix library and the CPU. Measured on 2 cores:
-    - an AMD EPYC without AVX-512 (MKL, float32): 8 rows took 139 ms with the weight
-      as the left operand ("transposed") against 292 ms through `linear`, while in
-      bfloat16 on the same CPU `linear` was the faster;
-    - an AMD EPYC with AVX-512 (bfloat16): the layers' products for 8 rows took
-      12.5 ms packed for oneDNN against 23.5 ms through `linear` (136 rows, a prompt
-      chunk: 78 against 89 ms), the same numbers bit for bit.
-    So it is measured on the machine (and remembered: `local.choose_products_cached`).
-    Each way is timed in turn, so the weights are converted at most twice."""
-    slab = model.slab(rows)
-    slab.ensure(WIDTH_STEP)
-    segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
-
-    def use(products: str) -> None:
-        model.products = products
-
-    best = _fastest(model, slab, segments, available_products(model.device), use=use, rounds=rounds)
-    model.products = min(best, key=lambda p: best[p])
-    return best
-
-
-def choose_attention(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
-    """Time a decode pass of `rows` rows, 4 * WIDTH_STEP tokens into their replies
-    (where attention is a fair share of a pass), with each of `ATTENTION`'s ways; keep
-    the fastest in `model.attention` and return the milliseconds a pass took each way
-    (the best of `rounds`, after one pass to warm up). The slab holds more positions
-    than the rows have, as while serving (it grows to the longest row seen)."""
-    slab = model.slab(rows)
-    position = 4 * WIDTH_STEP - 1
-    slab.ensure(position + 1 + 2 * WIDTH_STEP)
-    segments = [Segment(i, position - 7 * i, 1) for i in range(rows)]  # (lengths differ)
-
-    def use(way: str) -> None:
-        model.attention = way
-
-    best = _fastest(model, slab, segments, ATTENTION, use=use, rounds=rounds)
-    model.attention = min(best, key=lambda w: best[w])
-    return best
-
-
-def _fastest(
-    model: LlamaModel, slab: KVSlab, segments: list[Segment], ways: Sequence[str],
-    *, use: Callable[[str], None], rounds: int,
-) -> dict[str, float]:  # fmt: skip
-    """Milliseconds of a decode pass of `segments` with each way `use` sets (the best
-    of `rounds`, after one pass to warm up), rounded to 0.1 ms; a way that raises
-    RuntimeError (a build that cannot run it) is left out. The slab is released."""
-    best: dict[str, float] = {}
-    try:
-        with torch.inference_mode():
-            for way in ways:
-                try:
-                    use(way)
-                    for round_ in range(rounds + 1):
-                        started = time.perf_counter()
-                        model.forward(slab, [0] * len(segments), segments, decoding=len(segments))
-                        took = (time.perf_counter() - started) * 1000
-                        if round_:  # the first pass warms up
-                            best[way] = min(best.get(way, math.inf), took)
-                except RuntimeError:
-                    best.pop(way, None)
-    finally:
-        slab.release()
-    return {w: round(t, 1) for w, t in best.items()}
