@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from bot.generation.base import GenerationParams, Owner
-from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache, _Row, choose_next
+from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache, _Row
 from bot.generation.local import LocalGenerator
 from bot.generation.queue import QUEUE_FULL, FairQueue, QueueFull, too_many
+from bot.generation.sampling import choose_next
 from bot.settings import ModelSettings
 from tests.conftest import model_settings
 
