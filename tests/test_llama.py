@@ -17,15 +17,9 @@ import torch
 
 from bot.generation import llama, tuning
 from bot.generation.kv import KVSlab, Segment
-from bot.generation.llama import (
-    ATTENTION,
-    PRODUCTS,
-    LlamaConfig,
-    LlamaModel,
-    available_products,
-    packing_available,
-)  # fmt: skip
+from bot.generation.llama import LlamaConfig, LlamaModel
 from bot.generation.tuning import PRODUCTS_FILE, choose_products_cached
+from bot.generation.ways import ATTENTION, PRODUCTS, available_products, packing_available
 from bot.generation.weights import llama_from_directory, llama_from_transformers
 
 SMALL = {

@@ -166,8 +166,8 @@ class BatchEngine:
     model itself (`model` may be a function that returns it), and other work on the
     same weights goes through `call`. OpenMP keeps a team of worker threads for every
     thread that runs parallel work, and once there are more of them than cores it stops
-    letting them spin between operations: a decode pass then took 30 ms instead of 17
-    (measured here, 2 cores, one 220-token row)."""
+    letting them spin between operations: a decode pass then took nearly twice as long
+    (the figures are in the benchmark docs)."""
 
     def __init__(
         self,

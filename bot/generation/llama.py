@@ -2,23 +2,27 @@
 Llama 2 and 3, TinyLlama, Qwen2 and 2.5, Mistral without a sliding window), written
 for the batch engine.
 
-Why not the transformers model: on a 2-core CPU its per-step Python overhead (mask
+Why not the transformers model: on a small CPU its per-step Python overhead (mask
 building, cache objects, wrappers around every layer) costs as much as the arithmetic
 for a 135M-parameter model, and its cache has to be concatenated and re-padded each
 time a request joins or leaves. Here the KV of every request lives in one preallocated
-slab, row by row, so joining and leaving copy one row at most; and a forward pass takes
-a flat list of tokens from any rows (one decoding token per running row and a chunk of
-a new prompt), so the running rows decode on the same pass that reads a new prompt.
+slab (bot/generation/kv.py), row by row, so joining and leaving copy one row at most;
+and a forward pass takes a flat list of tokens from any rows (one decoding token per
+running row and a chunk of a new prompt), so the running rows decode on the same pass
+that reads a new prompt.
 
 The arithmetic follows transformers' Llama (RMSNorm in float32, rotary embeddings,
-grouped-query attention through SDPA, SiLU MLP), and the tests compare greedy output
-with transformers' own `generate`. The weights are read by bot/generation/weights.py
-(straight from safetensors, or shared with a loaded transformers model, no copy).
+grouped-query attention, SiLU MLP), and the tests compare it with transformers' own
+forward pass, each way of computing the products and of attending on its own. Which
+way is fastest depends on the CPU: bot/generation/tuning.py measures it. The weights
+are read by bot/generation/weights.py (straight from safetensors, or shared with a
+loaded transformers model, no copy).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from bot.generation.kv import KVSlab, Segment
+from bot.generation.ways import (
+    ATTENTION_WAYS,
+    PRODUCT_WAYS,
+    pack,
+    packing_available,
+    unpack,
+)
+
+Tensor = torch.Tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +100,11 @@ class LlamaConfig:
             rope_llama3=llama3,
         )
 
-    def kv_bytes(self, dtype: Any) -> int:
+    def kv_bytes(self, dtype: torch.dtype) -> int:
         """Bytes of KV cache one token takes, over all layers."""
         return self.layers * 2 * self.kv_heads * self.head_dim * int(dtype.itemsize)
 
-    def inverse_frequencies(self, device: Any) -> Any:
+    def inverse_frequencies(self, device: torch.device | str) -> torch.Tensor:
         """The rotary embedding's frequencies (Llama 3's long-context rescaling:
         long wavelengths slowed by `factor`, a smooth blend between the two bounds)."""
         half = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
@@ -112,27 +125,30 @@ class _Layer:
     """One decoder layer's weights. The four product matrices are plain tensors, or
     packed for oneDNN when the model's products are "packed" (see `LlamaModel.products`)."""
 
-    attention_norm: Any
-    qkv: Any  # q, k and v projections, stacked
-    qkv_bias: Any
-    out: Any
-    out_bias: Any
-    mlp_norm: Any
-    gate_up: Any  # gate and up projections, stacked
-    down: Any
+    attention_norm: Tensor
+    qkv: Tensor  # q, k and v projections, stacked: (heads + 2 * kv_heads) * head_dim rows
+    qkv_bias: Tensor | None
+    out: Tensor
+    out_bias: Tensor | None
+    mlp_norm: Tensor
+    gate_up: Tensor  # gate and up projections, stacked: 2 * intermediate rows
+    down: Tensor
 
 
-def _joined(w: dict[str, Any], name: str, parts: list[str]) -> Any:
-    """A joined matrix: given whole (as `from_directory` reads it), or stacked from its
-    parts (taken out of `w`); None when there are no parts (no biases)."""
+def _joined(w: dict[str, Tensor], name: str, parts: list[str]) -> Tensor | None:
+    """A joined matrix: given whole (as `weights.llama_from_directory` reads it), or
+    stacked from its parts (taken out of `w`); None when there are no parts (no
+    biases)."""
     if name in w:
         return w.pop(name)
-    found = [w.pop(part, None) for part in parts]
-    return None if any(t is None for t in found) else torch.cat(found)
+    found = [w.pop(part) for part in parts if part in w]
+    return torch.cat(found) if len(found) == len(parts) else None
 
 
 class LlamaModel:
-    def __init__(self, config: LlamaConfig, weights: dict[str, Any]) -> None:
+    """The model's weights and its forward pass over rows kept in a `KVSlab`."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor]) -> None:
         self.config = config
         # Taken out of `weights` as they are joined, so the separate copies can go
         # while loading (a lower peak of memory when nothing else holds them).
@@ -144,71 +160,76 @@ class LlamaModel:
         self.device = self.embed.device
         # Per layer: q, k and v in one matrix, gate and up in another (fewer, larger
         # products: a decode pass is mostly the cost of launching operations).
-        self.layers = []
+        self.layers: list[_Layer] = []
         for i in range(config.layers):
             p = f"layers.{i}."
-            self.layers.append(
-                _Layer(
-                    attention_norm=w[f"{p}input_layernorm.weight"],
-                    qkv=_joined(
-                        w,
-                        f"{p}self_attn.qkv_proj.weight",
-                        [f"{p}self_attn.{n}_proj.weight" for n in "qkv"],
-                    ),
-                    qkv_bias=_joined(
-                        w,
-                        f"{p}self_attn.qkv_proj.bias",
-                        [f"{p}self_attn.{n}_proj.bias" for n in "qkv"],
-                    ),
-                    out=w[f"{p}self_attn.o_proj.weight"],
-                    out_bias=w.get(f"{p}self_attn.o_proj.bias"),
-                    mlp_norm=w[f"{p}post_attention_layernorm.weight"],
-                    gate_up=_joined(
-                        w,
-                        f"{p}mlp.gate_up_proj.weight",
-                        [f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"],
-                    ),
-                    down=w[f"{p}mlp.down_proj.weight"],
-                )
+            attention, mlp = f"{p}self_attn.", f"{p}mlp."
+            qkv = _joined(
+                w, f"{attention}qkv_proj.weight", [f"{attention}{n}_proj.weight" for n in "qkv"]
             )
+            gate_up = _joined(
+                w, f"{mlp}gate_up_proj.weight", [f"{mlp}gate_proj.weight", f"{mlp}up_proj.weight"]
+            )
+            if qkv is None or gate_up is None:
+                raise ValueError(f"layer {i} lacks its attention or MLP weights")
+            qkv_bias = _joined(
+                w, f"{attention}qkv_proj.bias", [f"{attention}{n}_proj.bias" for n in "qkv"]
+            )
+            self.layers.append(_Layer(
+                attention_norm=w[f"{p}input_layernorm.weight"], qkv=qkv, qkv_bias=qkv_bias,
+                out=w[f"{attention}o_proj.weight"], out_bias=w.get(f"{attention}o_proj.bias"),
+                mlp_norm=w[f"{p}post_attention_layernorm.weight"], gate_up=gate_up,
+                down=w[f"{mlp}down_proj.weight"],
+            ))  # fmt: skip
         self.inv_freq = config.inverse_frequencies(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self._products = "linear"
         self._tied = self.lm_head is self.embed
-        # How the decoding rows attend (see `ATTENTION`; `choose_attention` measures it).
-        self.attention = "matmul"
+        # The ways chosen, each looked up once here, not tested in every layer.
+        self._products = PRODUCT_WAYS["linear"]
+        self._attend_decoding = ATTENTION_WAYS["matmul"]
 
     @property
     def products(self) -> str:
-        """How each weight product is computed:
+        """How each weight product is computed (`PRODUCT_WAYS`):
         - "linear": x @ W^T as torch's linear does;
         - "transposed": (W @ x^T)^T, the same sums in another order of operands;
-        - "packed": oneDNN's linear on weights reordered once into its blocked layout
-          (torch's own linear reorders a bf16 weight on every call). The plain matrices
-          are replaced by the packed ones, so this costs no memory, except for a tied
-          output matrix: the embedding lookup still needs it plain.
-        Which is faster depends on the CPU and its matrix library: see
-        `choose_products`. Setting it converts the weights (one matrix at a time, so
-        memory peaks at one matrix more)."""
-        return self._products
+        - "packed": oneDNN's linear on weights reordered once into its blocked layout.
+          The plain matrices are replaced by the packed ones, so this costs no memory,
+          except for a tied output matrix: the embedding lookup still needs it plain.
+        Setting it converts the weights (one matrix at a time, so memory peaks at one
+        matrix more)."""
+        return next(name for name, way in PRODUCT_WAYS.items() if way is self._products)
 
     @products.setter
     def products(self, products: str) -> None:
-        if products not in PRODUCTS:
+        way = PRODUCT_WAYS.get(products)
+        if way is None:
             raise ValueError(f"unknown weight products {products!r}")
-        packed = products == "packed"
-        if packed and not packing_available(self.device):
+        if way.packed and not packing_available(self.device):
             raise ValueError("packed weight products need oneDNN on a CPU")
-        if packed != (self._products == "packed"):
+        if way.packed != self._products.packed:
             try:
-                self._convert(_pack if packed else _unpack)
+                self._convert(pack if way.packed else unpack)
             except BaseException:
-                self._convert(_unpack)  # (every matrix plain again, as "linear" needs)
-                self._products = "linear"
+                self._convert(unpack)  # (every matrix plain again, as "linear" needs)
+                self._products = PRODUCT_WAYS["linear"]
                 raise
-        self._products = products
+        self._products = way
 
-    def _convert(self, convert: Any) -> None:
+    @property
+    def attention(self) -> str:
+        """How the decoding rows (one query each) attend (`ATTENTION_WAYS`): "matmul",
+        written out as two matrix products, or "sdpa", torch's kernel."""
+        return next(n for n, way in ATTENTION_WAYS.items() if way is self._attend_decoding)
+
+    @attention.setter
+    def attention(self, attention: str) -> None:
+        way = ATTENTION_WAYS.get(attention)
+        if way is None:
+            raise ValueError(f"unknown attention {attention!r}")
+        self._attend_decoding = way
+
+    def _convert(self, convert: Callable[[Tensor], Tensor]) -> None:
         for layer in self.layers:
             layer.qkv = convert(layer.qkv)
             layer.out = convert(layer.out)
@@ -216,14 +237,14 @@ class LlamaModel:
             layer.down = convert(layer.down)
         # A tied output matrix is the embedding, which the lookup reads plain: packed, it
         # is a copy; unpacked, the embedding again.
-        self.lm_head = self.embed if self._tied and convert is _unpack else convert(self.lm_head)
+        self.lm_head = self.embed if self._tied and convert is unpack else convert(self.lm_head)
 
     def slab(self, slots: int) -> KVSlab:
         return KVSlab(self.config, slots, self.dtype, self.device)
 
-    def _rope(self, positions: Any) -> tuple[Any, Any]:
+    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin of each position's angles, the sin's first half negated (see
-        `_rotate`)."""
+        `_rotate`): each (tokens, head_dim)."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         sin = freqs.sin()
         return (
@@ -231,7 +252,7 @@ class LlamaModel:
             torch.cat((-sin, sin), dim=-1).to(self.dtype),
         )
 
-    def _norm(self, x: Any, weight: Any) -> Any:
+    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
         """RMSNorm computed in float32, scaled in the model's dtype (as transformers)."""
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.config.eps)
         return weight * normed.to(x.dtype)
@@ -242,22 +263,23 @@ class LlamaModel:
         ids: list[int],
         segments: list[Segment],
         decoding: int = 0,
-    ) -> Any:
+    ) -> Tensor:
         """Run `ids` (the tokens of `segments`, in order) and return the logits of each
-        segment's last token, [len(segments), vocab]. The first `decoding` segments
+        segment's last token, (len(segments), vocab). The first `decoding` segments
         are single tokens of rows in slots 0…decoding-1 (one attention call for them
         all); each further segment is a chunk of one prompt."""
         c = self.config
         device = self.device
+        products = self._products
         positions = torch.cat(
             [torch.arange(s.start, s.start + s.count, device=device) for s in segments]
-        )
+        )  # (n,)
         slots = torch.cat(
             [torch.full((s.count,), s.slot, device=device, dtype=torch.long) for s in segments]
-        )
+        )  # (n,)
         slab.ensure(int(max(s.start + s.count for s in segments)))
         cos, sin = self._rope(positions)
-        cos, sin = cos[:, None, :], sin[:, None, :]
+        cos, sin = cos[:, None, :], sin[:, None, :]  # (n, 1, head_dim): one for every head
         masks = self._masks(segments, decoding, slab.capacity)
         n = len(ids)
         # The weight products run on `rows` rows, n rounded up (padding rows: token 0,
@@ -266,53 +288,39 @@ class LlamaModel:
         x = F.embedding(torch.tensor(ids + [0] * (rows - n), device=device), self.embed)
         heads, kv = c.heads, c.kv_heads
         # Where each token's keys and values go in a layer of the slab, seen as rows of
-        # head_dim: its keys' heads, then its values' heads (one copy a layer).
+        # head_dim (one copy a layer). A layer is (2, slots, kv_heads, capacity,
+        # head_dim): key head h of slot s at position p is row (s * kv_heads + h) *
+        # capacity + p, its value that plus slots * kv_heads * capacity.
         at = (slots[:, None] * kv + torch.arange(kv, device=device)) * slab.capacity
-        at = at + positions[:, None]
+        at = at + positions[:, None]  # (n, kv_heads): the keys' rows
+        # (n, 2 * kv_heads) flattened: each token's key heads, then its value heads, in
+        # the order of the rows copied below.
         at = torch.cat((at, at + slab.slots * kv * slab.capacity), dim=1).view(-1)
         for i, layer in enumerate(self.layers):
-            h = self._norm(x, layer.attention_norm)
-            qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(rows, heads + 2 * kv, c.head_dim)
-            qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
-            keys, values = slab.layers[i]
-            slab.layers[i].view(-1, c.head_dim).index_copy_(
-                0, at, torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1).view(-1, c.head_dim)
+            h = self._norm(x, layer.attention_norm)  # (rows, hidden)
+            qkv = products.linear(h, layer.qkv, layer.qkv_bias).view(
+                rows, heads + 2 * kv, c.head_dim
             )
+            qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
+            keys, values = slab.layers[i]  # each (slots, kv_heads, capacity, head_dim)
+            new = torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1)  # (n, 2 * kv, dim)
+            slab.layers[i].view(-1, c.head_dim).index_copy_(0, at, new.view(-1, c.head_dim))
             attended = self._attend(
                 qk[:, :heads], keys, values, segments=segments, decoding=decoding, masks=masks
             )
             if rows > n:
                 attended = F.pad(attended, (0, 0, 0, rows - n))
-            x = x + self._linear(attended, layer.out, layer.out_bias)
-            h = self._norm(x, layer.mlp_norm)
-            if self.transposed:  # gate and up stay transposed into the down product
-                gate, up = (layer.gate_up @ h.t()).chunk(2, dim=0)
-                x = x + (layer.down @ (F.silu(gate) * up)).t()
-            else:
-                gate, up = self._linear(h, layer.gate_up, None).chunk(2, dim=-1)
-                x = x + self._linear(F.silu(gate) * up, layer.down, None)
+            x = x + products.linear(attended, layer.out, layer.out_bias)
+            x = x + products.mlp(self._norm(x, layer.mlp_norm), layer.gate_up, layer.down)
         last = []
         offset = 0
         for s in segments:
             offset += s.count
             last.append(offset - 1)
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
-        return self._linear(x, self.lm_head, None)
+        return products.linear(x, self.lm_head, None)
 
-    def _linear(self, x: Any, weight: Any, bias: Any) -> Any:
-        """x @ weight^T (+ bias), as `products` says to compute it."""
-        if self._products == "packed":
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
-        if not self.transposed:
-            return F.linear(x, weight, bias)
-        out = (weight @ x.t()).t()
-        return out if bias is None else out + bias
-
-    @property
-    def transposed(self) -> bool:
-        return self.products == "transposed"
-
-    def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Any]:
+    def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Tensor | None]:
         """Per attention call, what each query token may see: a mask added to the
         scores, 0 where it may look and -inf where it may not (None for a prompt read
         from its start: causal attention).
@@ -326,7 +334,7 @@ class LlamaModel:
         rounded columns were work for nothing (a 128-token chunk at position 400: 1.37
         ms a layer exact, 1.64 ms rounded to 640)."""
         device = self.device
-        masks: list[Any] = []
+        masks: list[Tensor | None] = []
         if decoding:
             ends = torch.tensor([s.start for s in segments[:decoding]], device=device)
             width = _rounded(int(ends.max()) + 1, capacity)
@@ -341,55 +349,33 @@ class LlamaModel:
                 seen = torch.arange(s.start + s.count, device=device)[None, :]
                 mine = torch.arange(s.start, s.start + s.count, device=device)[:, None]
                 # Added to the scores (as SDPA would turn a boolean mask, once per
-                # layer; here once per pass).
+                # layer; here once per pass): (1, 1, count, start + count).
                 mask = torch.zeros(mine.shape[0], seen.shape[1], dtype=self.dtype, device=device)
                 masks.append(mask.masked_fill_(seen > mine, float("-inf"))[None, None])
         return masks
 
     def _attend(
-        self, q: Any, keys: Any, values: Any, *, segments: list[Segment], decoding: int,
-        masks: list[Any],
-    ) -> Any:  # fmt: skip
+        self, q: Tensor, keys: Tensor, values: Tensor, *, segments: list[Segment],
+        decoding: int, masks: list[Tensor | None],
+    ) -> Tensor:  # fmt: skip
+        """Every token's attention output, (n, heads * head_dim), from its query (n,
+        heads, head_dim) and its row's cached keys and values."""
         c = self.config
         out = []
-        if decoding and self.attention == "sdpa":
-            width = masks[0].shape[-1]
-            attended = F.scaled_dot_product_attention(
-                # [rows, heads, 1, dim], each head's numbers adjacent (its CPU kernel
-                # needs them so; transposed products leave them apart)
-                q[:decoding].contiguous().unsqueeze(2),
-                keys[:decoding, :, :width],
-                values[:decoding, :, :width],
-                attn_mask=masks[0],
-                scale=self.scale,
-                enable_gqa=True,
-            )
-            out.append(attended.reshape(decoding, c.heads * c.head_dim))
-        elif decoding:
-            # One query per row: written out, grouped by KV head (query head h reads
-            # KV head h // group, as transformers' repeat_kv), with the softmax in
-            # float32.
-            width = masks[0].shape[-1]
-            group = c.heads // c.kv_heads
-            query = q[:decoding].view(decoding, c.kv_heads, group, c.head_dim)
-            # keys @ query^T, transposed: the slab's rows are read in their own order
-            # (twice as fast as query @ keys^T on this CPU in bf16).
-            scores = torch.matmul(keys[:decoding, :, :width], query.transpose(-1, -2))
-            scores = scores.transpose(-1, -2)
-            scores = torch.add(masks[0], scores.float(), alpha=self.scale)
-            probs = scores.softmax(dim=-1).to(q.dtype)
-            attended = torch.matmul(probs, values[:decoding, :, :width])
-            out.append(attended.reshape(decoding, c.heads * c.head_dim))
+        if decoding:
+            mask = masks[0]
+            assert mask is not None  # (the decoding rows always have one)
+            out.append(self._attend_decoding(q[:decoding], keys, values, mask, self.scale))
         offset = decoding
-        for s, mask in zip(segments[decoding:], masks[1 if decoding else 0 :], strict=True):
-            end = s.count if mask is None else mask.shape[-1]
-            query = q[offset : offset + s.count].transpose(0, 1)[None]  # [1, heads, n, dim]
+        for s, prompt_mask in zip(segments[decoding:], masks[1 if decoding else 0 :], strict=True):
+            end = s.count if prompt_mask is None else prompt_mask.shape[-1]
+            query = q[offset : offset + s.count].transpose(0, 1)[None]  # (1, heads, count, dim)
             attended = F.scaled_dot_product_attention(
                 query,
                 keys[s.slot : s.slot + 1, :, :end],
                 values[s.slot : s.slot + 1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None,
+                attn_mask=prompt_mask,
+                is_causal=prompt_mask is None,
                 scale=self.scale,
                 enable_gqa=True,
             )
@@ -417,51 +403,8 @@ def _rounded(width: int, capacity: int) -> int:
     return min(-(-width // WIDTH_STEP) * WIDTH_STEP, capacity)
 
 
-def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """Rotary embedding: x * cos + rotate_half(x) * sin, where rotate_half(x) is
     (-x2, x1) of x's halves (x1, x2). Written as the halves swapped times the sin
     with its first half negated: the same numbers, bit for bit, in fewer operations."""
     return (x * cos) + (x.roll(x.shape[-1] // 2, dims=-1) * signed_sin)
-
-
-PRODUCTS = ("linear", "transposed", "packed")
-
-# How the decoding rows (one query each) attend to their cached keys and values:
-# - "matmul": written out, keys times queries and probabilities times values as two
-#   batched matrix products, the softmax in float32 between them;
-# - "sdpa": torch's scaled_dot_product_attention (its CPU kernel reads the slab's
-#   rows where they lie; the matrix products above copy them first).
-# Which is faster depends on the CPU: on an AMD EPYC with AVX-512 (bf16), "matmul"
-# took 0.38 ms a layer for 8 rows of 450 tokens, SDPA 1.43 ms (SDPA then given a
-# boolean mask); on an Intel Xeon with AMX (bf16), 30 layers for 8 rows of 640 tokens
-# took 26.0 ms "matmul" and 18.1 ms SDPA, 1 row of 128 tokens 5.3 and 1.5 ms. So it
-# is measured: `choose_attention`.
-ATTENTION = ("matmul", "sdpa")
-
-# The batch width oneDNN is told to expect when a weight is packed (it picks the
-# blocked layout by it; any number of rows can be multiplied by the packed weight).
-PACK_ROWS = 8
-
-
-def packing_available(device: Any = "cpu") -> bool:
-    """Whether weights can be packed for oneDNN here: a CPU, and a torch built with it."""
-    return (
-        torch.device(device).type == "cpu"
-        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
-
-
-def available_products(device: Any = "cpu") -> tuple[str, ...]:
-    return PRODUCTS if packing_available(device) else PRODUCTS[:2]
-
-
-def _pack(weight: Any) -> Any:
-    if weight.is_mkldnn:
-        return weight
-    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
-
-
-def _unpack(weight: Any) -> Any:
-    return weight.to_dense() if weight.is_mkldnn else weight

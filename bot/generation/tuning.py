@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 
 from bot.generation.kv import KVSlab, Segment
-from bot.generation.llama import ATTENTION, WIDTH_STEP, LlamaModel, available_products
+from bot.generation.llama import WIDTH_STEP, LlamaModel
+from bot.generation.ways import ATTENTION, available_products
 
 log = logging.getLogger(__name__)
 
 
 def cpu_prefers_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16, and AMX-BF16
-    on recent Xeons), which make bf16 the faster dtype on CPU. Measured on 2 cores:
-    with AMX a 2,000-token prompt prefilled in 1.1 s against 3.7 s in float32; on an
-    AMD EPYC with AVX512-BF16 and no AMX, 300 tokens in 0.19 s against 0.46 s and a
-    decode step 27 against 36 ms. Without either, bf16 prefilled 2.5x slower."""
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16),
+    which make bf16 the faster dtype on CPU: with them a prompt was read two to three
+    times faster than in float32, without them bf16 was 2.5x slower (the figures per
+    machine are in the benchmark docs)."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     try:
         if probe is not None:
@@ -122,15 +122,11 @@ def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, 
     milliseconds a pass took each way (the best of `rounds`, after one pass to warm up).
 
     A decode pass multiplies a few rows by every weight matrix, read from memory, and
-    the fastest way depends on the matrix library and the CPU. Measured on 2 cores:
-    - an AMD EPYC without AVX-512 (MKL, float32): 8 rows took 139 ms with the weight
-      as the left operand ("transposed") against 292 ms through `linear`, while in
-      bfloat16 on the same CPU `linear` was the faster;
-    - an AMD EPYC with AVX-512 (bfloat16): the layers' products for 8 rows took
-      12.5 ms packed for oneDNN against 23.5 ms through `linear` (136 rows, a prompt
-      chunk: 78 against 89 ms), the same numbers bit for bit.
-    So it is measured on the machine (and remembered: `local.choose_products_cached`).
-    Each way is timed in turn, so the weights are converted at most twice."""
+    the fastest way depends on the matrix library and the CPU: each of the three ways
+    has been the fastest on some machine, by up to 2x (the benchmark docs have the
+    figures). So it is measured on the machine (and remembered:
+    `choose_products_cached`). Each way is timed in turn, so the weights are converted
+    at most twice."""
     slab = model.slab(rows)
     slab.ensure(WIDTH_STEP)
     segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
