@@ -1,10 +1,12 @@
 """Shared fixtures: a real Redis (REDIS_URL, else an embedded server started here), a
-key prefix per test that is deleted afterwards, and the real embedded model."""
+key prefix per test that is deleted afterwards, and the real embedded model, converted
+and measured in a model cache of the test session's own."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from bot.generation.base import GenerationError
 from bot.generation.local import LocalGenerator
+from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
 from bot.media.catalog import Catalog
 from bot.media.library import parse_file
 from bot.moderation.classifier import OffensiveClassifier
@@ -32,10 +36,47 @@ from memory.connection import EmbeddedRedis
 from memory.keys import Keys
 from memory.store import MemoryStore
 
+_session_cache: list[Path] = []  # the session's model cache, once `model_cache` made it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The test session's own model cache, so that nothing the tests do (converting the
+    embedded model, measuring the ways of computing into products.json) is written
+    into the user's (~/.cache/mediabot, or MODEL_CACHE_DIR). It is MODEL_CACHE_DIR for
+    the whole session, so settings built from the environment and the processes the
+    tests start use it too.
+
+    The converted weights are copied from the user's cache when it has them (read
+    only: converting takes 30-50 s); a copy, not a hard link, so that no test writing
+    into the session's weights could change the user's."""
+    user = ModelSettings().cache_dir
+    ours = tmp_path_factory.mktemp("model-cache")
+    try:
+        if is_converted(cached_model_dir(user), embedded_gguf()):
+            shutil.copytree(cached_model_dir(user), cached_model_dir(ours))
+    except (GenerationError, OSError):  # converted by the first test that loads it
+        shutil.rmtree(cached_model_dir(ours), ignore_errors=True)
+    before = os.environ.get("MODEL_CACHE_DIR")
+    os.environ["MODEL_CACHE_DIR"] = str(ours)
+    _session_cache.append(ours)
+    yield ours
+    _session_cache.clear()
+    if before is None:
+        del os.environ["MODEL_CACHE_DIR"]
+    else:
+        os.environ["MODEL_CACHE_DIR"] = before
+    # (pytest keeps the last sessions' temporary directories: not 270 MB of weights)
+    shutil.rmtree(cached_model_dir(ours), ignore_errors=True)
+
 
 def model_settings() -> ModelSettings:
-    """The user's model cache (or MODEL_CACHE_DIR): the conversion runs once a machine."""
-    return ModelSettings()
+    """The embedded model in the test session's own cache (`model_cache`)."""
+    if not _session_cache:
+        raise RuntimeError(
+            "model_settings() is for tests and fixtures: the session cache is not made yet"
+        )
+    return ModelSettings(cache_dir=_session_cache[0])
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,17 @@ def test_the_embedded_model_is_converted_into_the_cache(generator: LocalGenerato
     assert (target / "model.safetensors").stat().st_size > 100_000_000
     assert isinstance(generator, Generator)
     assert generator.context_length == 8192
+
+
+def test_the_tests_keep_to_a_model_cache_of_their_own(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The conversion and the measured ways go to the session's cache, under pytest's
+    temporary directory, never to the user's; settings read from the environment (and
+    the processes tests start) find the same cache."""
+    assert model_cache.is_relative_to(tmp_path_factory.getbasetemp())
+    assert model_settings().cache_dir == model_cache
+    assert ModelSettings().cache_dir == model_cache
 
 
 async def test_stream_yields_pieces_as_they_are_decoded(backend: LocalGenerator) -> None:
@@ -135,7 +147,7 @@ async def test_any_local_model_directory_loads_by_setting(sequential: LocalGener
     """MODEL_PATH pointing at the converted directory gives the embedded model's replies
     (compared on the same path and dtype: one request at a time, `auto`)."""
     directory = cached_model_dir(model_settings().cache_dir)
-    other = LocalGenerator.load(ModelSettings(path=directory))
+    other = LocalGenerator.load(model_settings().model_copy(update={"path": directory}))
     try:
         pieces = [p async for p in other.stream(MESSAGES, GREEDY)]
         expected = "".join([p async for p in sequential.stream(MESSAGES, GREEDY)])
