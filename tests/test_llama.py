@@ -1,24 +1,22 @@
 """The batch engine's own forward pass against transformers' implementation of each
 architecture it accepts, on small randomly initialised models (no download): logits of
 a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass,
-with each way of computing the weight products (packed for oneDNN included: the
-plain matrices replaced, padding rows kept out of the cache); loading safetensors
-(converted while read, joined matrices read in place); and the per-machine choice of
-products."""
+with each way of computing the weight products and of attending (packed for oneDNN
+included: the plain matrices replaced, padding rows kept out of the cache); loading
+safetensors (converted while read, joined matrices read in place). The choice between
+the ways is tested in test_tuning.py; each way with the real model, in test_ways.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from bot.generation import llama, tuning
+from bot.generation import llama
 from bot.generation.kv import KVSlab, Segment
-from bot.generation.llama import LlamaConfig, LlamaModel
-from bot.generation.tuning import PRODUCTS_FILE, choose_products_cached
+from bot.generation.llama import LlamaConfig
 from bot.generation.ways import ATTENTION, PRODUCTS, available_products, packing_available
 from bot.generation.weights import llama_from_directory, llama_from_transformers
 
@@ -136,82 +134,6 @@ def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     weights.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(ValueError, match="malformed header"):
         llama_from_directory(tmp_path, torch.float32, "cpu")
-
-
-def test_the_faster_products_are_chosen() -> None:
-    ours = llama_from_transformers(build("llama"))
-    assert ours is not None
-    took = tuning.choose_products(ours, rows=4)
-    assert set(took) == set(available_products()) and all(t > 0 for t in took.values())
-    # The times come rounded to 0.1 ms: on a tiny model both ways may round alike.
-    assert took[ours.products] == min(took.values())
-
-
-def test_the_faster_attention_is_chosen() -> None:
-    ours = llama_from_transformers(build("llama"))
-    assert ours is not None
-    took = tuning.choose_attention(ours, rows=4)
-    assert set(took) == set(ATTENTION) and all(t > 0 for t in took.values())
-    assert took[ours.attention] == min(took.values())
-
-
-def test_the_choice_of_products_is_remembered_per_machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ours = llama_from_transformers(build("llama"))
-    assert ours is not None
-    measured: list[int] = []
-
-    def measure(model: LlamaModel, rows: int) -> dict[str, float]:
-        measured.append(rows)
-        model.products = "transposed"
-        return {p: 1.0 if p == "transposed" else 2.0 for p in available_products()}
-
-    def measure_attention(model: LlamaModel, rows: int) -> dict[str, float]:
-        model.attention = "sdpa"
-        return {"matmul": 2.0, "sdpa": 1.0}
-
-    monkeypatch.setattr(tuning, "choose_products", measure)
-    monkeypatch.setattr(tuning, "choose_attention", measure_attention)
-    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
-    assert measured == [4]
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    (key,) = remembered
-    assert "float32" in key and "4 rows" in key
-    assert remembered[key]["products"] == "transposed"
-    assert remembered[key]["attention"] == "sdpa"
-
-    # The next start reads it: no measurement, the remembered choices.
-    ours.products, ours.attention = "linear", "matmul"
-    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
-    assert ours.products == "transposed" and ours.attention == "sdpa" and measured == [4]
-    # Another batch width is another entry; a damaged file is measured again.
-    choose_products_cached(ours, 8, tmp_path)
-    assert measured == [4, 8]
-    (tmp_path / PRODUCTS_FILE).write_text("{not json")
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured == [4, 8, 4]
-    # A cache that cannot be written: measured, used, and measured again next time.
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")
-    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
-    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
-    assert measured == [4, 8, 4, 4, 4]
-    # An entry written before a way of computing was offered is measured again.
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    (key,) = [k for k in remembered if "4 rows" in k]
-    remembered[key]["ms_per_pass"] = {"linear": 2.0, "transposed": 1.0}
-    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured == [4, 8, 4, 4, 4] + ([4] if packing_available() else [])
-    # So is one written before the attention was measured.
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    del remembered[key]["attention"], remembered[key]["attention_ms_per_pass"]
-    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
-    ours.attention, before = "matmul", len(measured)
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured[before:] == [4] and ours.attention == "sdpa"
-    assert json.loads((tmp_path / PRODUCTS_FILE).read_text())[key]["attention"] == "sdpa"
 
 
 @pytest.mark.skipif(not packing_available(), reason="torch was built without oneDNN")

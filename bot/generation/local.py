@@ -192,7 +192,7 @@ class LocalGenerator:
         import torch
 
         from bot.generation.llama import LlamaConfig
-        from bot.generation.tuning import choose_products_cached, cpu_prefers_bf16
+        from bot.generation.tuning import choose_ways, cpu_prefers_bf16
 
         directory = model_dir(settings.path, settings.cache_dir, progress)
         device = settings.device
@@ -238,7 +238,7 @@ class LocalGenerator:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
             if device == "cpu":
-                choose_products_cached(fast, min(max_batch, 8), settings.cache_dir)
+                choose_ways(fast, min(max_batch, 8), settings.cache_dir)
             return fast
 
         try:
