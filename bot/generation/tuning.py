@@ -130,12 +130,14 @@ def choose_ways(
     path = cache_dir / PRODUCTS_FILE
     known = _read(path)
     entry = _valid(known.get(key), available_products(model.device))
-    if entry is not None and _use(model, entry):
+    if entry is not None and not _use(model, entry):
+        entry = None
+    if entry is not None:
         now = _check(model, rows, timer)
         recorded = float(entry["attention_ms_per_pass"][entry["attention"]])
         if now is not None and recorded <= FAR * now:
             return
-        log.info("a %d-row pass took %s ms, remembered as %s: measuring again", rows, now, recorded)
+        log.info("a %d-row pass: %s ms, remembered as %s: measuring again", rows, now, recorded)
 
     def use_products(way: str) -> None:
         model.products = way
