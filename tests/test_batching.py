@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from bot.generation.base import GenerationParams, Owner
-from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache, _Row, choose_next
+from bot.generation.batch import BatchEngine, BatchRequest, PrefixCache, _Row
 from bot.generation.local import LocalGenerator
 from bot.generation.queue import QUEUE_FULL, FairQueue, QueueFull, too_many
+from bot.generation.sampling import choose_next
 from bot.settings import ModelSettings
-from tests.conftest import model_settings
+from tests.conftest import model_settings, pin_ways, read_in_full
 
 GREEDY = GenerationParams(max_new_tokens=40, temperature=0.0)
 QUESTIONS = [
@@ -63,8 +64,9 @@ def lone() -> Iterator[LocalGenerator]:
 
 @pytest.fixture(scope="module")
 def exact() -> Iterator[LocalGenerator]:
-    """The bot's generator (batching, prefix reuse), in float32."""
-    gen = LocalGenerator.load(float32(), max_batch=8, prefix_mb=96)
+    """The bot's generator (batching, prefix reuse), in float32, the ways of computing
+    pinned (each way is checked on its own in test_ways.py)."""
+    gen = pin_ways(LocalGenerator.load(float32(), max_batch=8, prefix_mb=96))
     yield gen
     gen.close()
 
@@ -401,7 +403,9 @@ async def test_a_prompt_copies_its_start_from_a_row_decoding_now(
 
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:
     prompt = exact.render(chat(QUESTIONS[3]))
+    await read_in_full(exact)
     ids = await decode(exact.engine, prompt, GREEDY)
+    await read_in_full(exact)  # (the same computation again: see `read_in_full`)
     assert await text_of(exact, QUESTIONS[3]) == exact.decode(ids)
 
 
@@ -510,25 +514,28 @@ async def test_prefix_reuse_decodes_the_same_and_skips_the_shared_start(
     exact: LocalGenerator, lone: LocalGenerator
 ) -> None:
     """Prompts sharing a system prompt, and a conversation's next turn, start from
-    cached KV: the text is what a full prefill gives, and the shared part is not run
-    again."""
+    cached KV: every token is still the reference's greedy choice (up to a rounding
+    tie), and the shared part is not run again."""
     assert exact.engine is not None
     prefixes = exact.engine.prefixes
-    prefixes.clear()
+    await read_in_full(exact)
     hits, reused = prefixes.hits, prefixes.reused
-    first = await text_of(exact, QUESTIONS[0])
-    assert first == await text_of(lone, QUESTIONS[0])
-    second = await text_of(exact, QUESTIONS[4])  # same system prompt
-    assert second == await text_of(lone, QUESTIONS[4])
+    first_prompt = exact.render(chat(QUESTIONS[0]))
+    first = await decode(exact.engine, first_prompt, GREEDY)
+    assert_greedy(lone, first_prompt, first)
+    second_prompt = exact.render(chat(QUESTIONS[4]))  # same system prompt
+    assert_greedy(lone, second_prompt, await decode(exact.engine, second_prompt, GREEDY))
     system_tokens = exact.count_prompt_tokens(chat(""))
     assert prefixes.hits == hits + 1 and prefixes.reused - reused >= system_tokens - 8
     # The next turn of the first conversation reuses the prompt and the reply.
-    turn = [*chat(QUESTIONS[0]), {"role": "assistant", "content": first},
+    turn = [*chat(QUESTIONS[0]), {"role": "assistant", "content": exact.decode(first)},
             {"role": "user", "content": "And another one?"}]  # fmt: skip
+    turn_prompt = exact.render(turn)
     before = prefixes.reused
-    again = "".join([p async for p in exact.stream(turn, GREEDY)])
-    assert again == "".join([p async for p in lone.stream(turn, GREEDY)])
+    assert_greedy(lone, turn_prompt, await decode(exact.engine, turn_prompt, GREEDY))
     # (the reply too: its KV is kept before the request hears it has finished)
-    first_exchange = exact.count_prompt_tokens(chat(QUESTIONS[0])) + exact.count_tokens(first)
+    first_exchange = exact.count_prompt_tokens(chat(QUESTIONS[0])) + exact.count_tokens(
+        exact.decode(first)
+    )
     assert prefixes.reused - before >= first_exchange - 2
     assert prefixes.tokens <= prefixes.capacity

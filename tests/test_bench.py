@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bot.bench_generation import CONVERSATION_TURNS, against_generate_batch, main, report
-from bot.generation.llama import ATTENTION, PRODUCTS
+from bot.generation.ways import ATTENTION, PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings
 

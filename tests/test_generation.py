@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
 from bot.settings import ModelSettings
-from tests.conftest import model_settings
+from tests.conftest import model_settings, read_in_full
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +48,27 @@ def test_the_embedded_model_is_converted_into_the_cache(generator: LocalGenerato
     assert generator.context_length == 8192
 
 
+def test_the_tests_keep_to_a_model_cache_of_their_own(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The conversion and the measured ways go to the session's cache, under pytest's
+    temporary directory, never to the user's; settings read from the environment (and
+    the processes tests start) find the same cache."""
+    assert model_cache.is_relative_to(tmp_path_factory.getbasetemp())
+    assert model_settings().cache_dir == model_cache
+    assert ModelSettings().cache_dir == model_cache
+
+
 async def test_stream_yields_pieces_as_they_are_decoded(backend: LocalGenerator) -> None:
+    await read_in_full(backend)
     pieces = [p async for p in backend.stream(MESSAGES, GREEDY)]
     assert len(pieces) > 3  # streamed, not one block at the end
     text = "".join(pieces)
     assert text.strip()
     assert backend.count_tokens(text) <= GREEDY.max_new_tokens + 1
-    # Greedy decoding is deterministic.
+    # Greedy decoding is deterministic: the same request computed the same way (read
+    # in full again, not from the first one's cached prefix) gives the same text.
+    await read_in_full(backend)
     assert "".join([p async for p in backend.stream(MESSAGES, GREEDY)]) == text
 
 
@@ -126,7 +141,9 @@ def test_truncate_tokens_keeps_a_prefix_of_at_most_n_tokens(generator: LocalGene
 
 async def test_a_seed_makes_sampled_replies_repeatable(backend: LocalGenerator) -> None:
     sampled = GenerationParams(max_new_tokens=16, temperature=0.9, seed=1234)
+    await read_in_full(backend)
     first = "".join([p async for p in backend.stream(MESSAGES, sampled)])
+    await read_in_full(backend)  # (computed as the first was: see `read_in_full`)
     second = "".join([p async for p in backend.stream(MESSAGES, sampled)])
     assert first == second and first
 
@@ -135,7 +152,7 @@ async def test_any_local_model_directory_loads_by_setting(sequential: LocalGener
     """MODEL_PATH pointing at the converted directory gives the embedded model's replies
     (compared on the same path and dtype: one request at a time, `auto`)."""
     directory = cached_model_dir(model_settings().cache_dir)
-    other = LocalGenerator.load(ModelSettings(path=directory))
+    other = LocalGenerator.load(model_settings().model_copy(update={"path": directory}))
     try:
         pieces = [p async for p in other.stream(MESSAGES, GREEDY)]
         expected = "".join([p async for p in sequential.stream(MESSAGES, GREEDY)])

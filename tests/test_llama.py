@@ -1,14 +1,13 @@
 """The batch engine's own forward pass against transformers' implementation of each
 architecture it accepts, on small randomly initialised models (no download): logits of
 a whole prompt, of a prompt read in chunks, and of rows decoding together in one pass,
-with each way of computing the weight products (packed for oneDNN included: the
-plain matrices replaced, padding rows kept out of the cache); loading safetensors
-(converted while read, joined matrices read in place); and the per-machine choice of
-products."""
+with each way of computing the weight products and of attending (packed for oneDNN
+included: the plain matrices replaced, padding rows kept out of the cache); loading
+safetensors (converted while read, joined matrices read in place). The choice between
+the ways is tested in test_tuning.py; each way with the real model, in test_ways.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,10 @@ import pytest
 import torch
 
 from bot.generation import llama
-from bot.generation.llama import (
-    ATTENTION,
-    PRODUCTS,
-    LlamaConfig,
-    LlamaModel,
-    Segment,
-    available_products,
-    packing_available,
-)  # fmt: skip
-from bot.generation.local import PRODUCTS_FILE, choose_products_cached
+from bot.generation.kv import KVSlab, Segment
+from bot.generation.llama import LlamaConfig
+from bot.generation.ways import ATTENTION, PRODUCTS, available_products, packing_available
+from bot.generation.weights import llama_from_directory, llama_from_transformers
 
 SMALL = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -69,7 +62,7 @@ def test_logits_match_transformers(name: str, products: str, attention: str) -> 
         pytest.skip("torch was built without oneDNN")
     kind = name.split("-", maxsplit=1)[0].removesuffix("3")
     reference = build(kind, **VARIANTS[name])
-    ours = LlamaModel.from_transformers(reference)
+    ours = llama_from_transformers(reference)
     assert ours is not None
     ours.products = products
     ours.attention = attention
@@ -100,7 +93,7 @@ def test_logits_match_transformers(name: str, products: str, attention: str) -> 
 def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
     reference = build("qwen2")
     reference.save_pretrained(str(tmp_path))
-    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    loaded = llama_from_directory(tmp_path, torch.float32, "cpu")
     assert loaded is not None
     prompt = list(range(3, 30))
     with torch.inference_mode():
@@ -112,7 +105,7 @@ def test_weights_load_from_a_saved_directory(tmp_path: Path) -> None:
 def test_bf16_weights_are_converted_as_they_are_read(tmp_path: Path) -> None:
     reference = build("qwen2").to(torch.bfloat16)
     reference.save_pretrained(str(tmp_path))
-    loaded = LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+    loaded = llama_from_directory(tmp_path, torch.float32, "cpu")
     assert loaded is not None and loaded.dtype == torch.float32
     stored = {k: v.float() for k, v in reference.state_dict().items()}
     first = loaded.layers[0]
@@ -133,90 +126,14 @@ def test_a_cut_short_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 1000])
     with pytest.raises(ValueError, match="cut short"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+        llama_from_directory(tmp_path, torch.float32, "cpu")
     weights.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="not a safetensors file"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
+        llama_from_directory(tmp_path, torch.float32, "cpu")
     header = b'{"model.norm.weight": {"shape": [4]}}'
     weights.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(ValueError, match="malformed header"):
-        LlamaModel.from_directory(tmp_path, torch.float32, "cpu")
-
-
-def test_the_faster_products_are_chosen() -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
-    assert ours is not None
-    took = llama.choose_products(ours, rows=4)
-    assert set(took) == set(available_products()) and all(t > 0 for t in took.values())
-    # The times come rounded to 0.1 ms: on a tiny model both ways may round alike.
-    assert took[ours.products] == min(took.values())
-
-
-def test_the_faster_attention_is_chosen() -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
-    assert ours is not None
-    took = llama.choose_attention(ours, rows=4)
-    assert set(took) == set(ATTENTION) and all(t > 0 for t in took.values())
-    assert took[ours.attention] == min(took.values())
-
-
-def test_the_choice_of_products_is_remembered_per_machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ours = LlamaModel.from_transformers(build("llama"))
-    assert ours is not None
-    measured: list[int] = []
-
-    def measure(model: LlamaModel, rows: int) -> dict[str, float]:
-        measured.append(rows)
-        model.products = "transposed"
-        return {p: 1.0 if p == "transposed" else 2.0 for p in available_products()}
-
-    def measure_attention(model: LlamaModel, rows: int) -> dict[str, float]:
-        model.attention = "sdpa"
-        return {"matmul": 2.0, "sdpa": 1.0}
-
-    monkeypatch.setattr(llama, "choose_products", measure)
-    monkeypatch.setattr(llama, "choose_attention", measure_attention)
-    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
-    assert measured == [4]
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    (key,) = remembered
-    assert "float32" in key and "4 rows" in key
-    assert remembered[key]["products"] == "transposed"
-    assert remembered[key]["attention"] == "sdpa"
-
-    # The next start reads it: no measurement, the remembered choices.
-    ours.products, ours.attention = "linear", "matmul"
-    assert choose_products_cached(ours, 4, tmp_path) == "transposed"
-    assert ours.products == "transposed" and ours.attention == "sdpa" and measured == [4]
-    # Another batch width is another entry; a damaged file is measured again.
-    choose_products_cached(ours, 8, tmp_path)
-    assert measured == [4, 8]
-    (tmp_path / PRODUCTS_FILE).write_text("{not json")
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured == [4, 8, 4]
-    # A cache that cannot be written: measured, used, and measured again next time.
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")
-    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
-    assert choose_products_cached(ours, 4, blocked / "cache") == "transposed"
-    assert measured == [4, 8, 4, 4, 4]
-    # An entry written before a way of computing was offered is measured again.
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    (key,) = [k for k in remembered if "4 rows" in k]
-    remembered[key]["ms_per_pass"] = {"linear": 2.0, "transposed": 1.0}
-    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured == [4, 8, 4, 4, 4] + ([4] if packing_available() else [])
-    # So is one written before the attention was measured.
-    remembered = json.loads((tmp_path / PRODUCTS_FILE).read_text())
-    del remembered[key]["attention"], remembered[key]["attention_ms_per_pass"]
-    (tmp_path / PRODUCTS_FILE).write_text(json.dumps(remembered))
-    ours.attention, before = "matmul", len(measured)
-    choose_products_cached(ours, 4, tmp_path)
-    assert measured[before:] == [4] and ours.attention == "sdpa"
-    assert json.loads((tmp_path / PRODUCTS_FILE).read_text())[key]["attention"] == "sdpa"
+        llama_from_directory(tmp_path, torch.float32, "cpu")
 
 
 @pytest.mark.skipif(not packing_available(), reason="torch was built without oneDNN")
@@ -225,7 +142,7 @@ def test_packed_weights_replace_the_plain_ones(name: str) -> None:
     """Packing converts every product matrix in place (no plain copy kept, except a
     tied output matrix, which the embedding lookup reads), and unpacking gives back
     the same numbers."""
-    ours = LlamaModel.from_transformers(build("llama", **VARIANTS[name]))
+    ours = llama_from_transformers(build("llama", **VARIANTS[name]))
     assert ours is not None
     plain = [
         (layer.qkv.clone(), layer.gate_up.clone(), layer.down.clone()) for layer in ours.layers
@@ -256,7 +173,7 @@ def test_padding_rows_stay_out_of_the_cache() -> None:
         1, 8, 16, 24, 24, 24, 32, 136,
     ]  # fmt: skip
     reference = build("llama")
-    ours = LlamaModel.from_transformers(reference)
+    ours = llama_from_transformers(reference)
     assert ours is not None
     prompt = list(range(3, 24))
     slab = ours.slab(2)
@@ -290,15 +207,15 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
         hidden=8, layers=3, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5,
         rope_theta=10000.0, vocab=16, tied=True, context_length=4096,
     )  # fmt: skip
-    slab = llama.KVSlab(config, slots=2, dtype=torch.float32, device="cpu")
+    slab = KVSlab(config, slots=2, dtype=torch.float32, device="cpu")
     slab.ensure(10)
-    assert slab.capacity == llama.KVSlab.STEP and len(slab.layers) == config.layers
+    assert slab.capacity == KVSlab.STEP and len(slab.layers) == config.layers
     first = torch.randn(config.layers, 2, 1, 10, 4)
     slab.write(0, first)
     grown_from = [layer.data_ptr() for layer in slab.layers]
     second = torch.randn(config.layers, 2, 1, 300, 4)
     slab.write(1, second)  # grows every layer to 384 positions
-    assert slab.capacity == 3 * llama.KVSlab.STEP
+    assert slab.capacity == 3 * KVSlab.STEP
     assert all(layer.data_ptr() != old for layer, old in zip(slab.layers, grown_from, strict=True))
     assert torch.equal(slab.read(0, 10), first) and torch.equal(slab.read(1, 300), second)
     slab.move(1, 0, 50)

@@ -1,6 +1,6 @@
 """Continuous batching: one decoding thread runs every live request together.
 
-Every request's KV cache lives in one slab, a slot per request (bot/generation/llama.py).
+Every request's KV cache lives in one slab, a slot per request (bot/generation/kv.py).
 A new request takes a free slot, starts from the longest cached prefix it shares with
 an earlier prompt, and its prompt is read in chunks on the same forward passes that
 decode the running requests' next tokens, so a long prompt never stalls the others
@@ -8,8 +8,8 @@ for long. When its prompt is read it joins the decoding rows. Each pass decodes 
 token for every decoding row; a row leaves at its end token, its length limit, or when
 it is cancelled, freeing its slot at once. Each row keeps its own sampling parameters
 and random generator, and repetition penalty, temperature, top-k and top-p are applied
-as `generate` applies them, so a greedy request decodes the same text alone or in a
-batch (in float32; see docs/engine.md).
+as `generate` applies them (bot/generation/sampling.py), so a greedy request decodes
+the same text alone or in a batch (in float32, up to rounding ties; see docs/engine.md).
 
 Prefix reuse: the KV of finished replies (prompt and answer together) is kept in a
 small cache, bounded in memory. A new prompt starts from the longest prefix it shares
@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.generation.base import GenerationParams
+from bot.generation.sampling import SeenTokens, choose_next
 
 if TYPE_CHECKING:  # the model module imports torch: only when an engine starts
+    import torch
+
     from bot.generation.llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class BatchRequest:
-    """One prompt to decode. `emit` receives text pieces, then `done(None)` or
-    `done(exception)`; both are called from the decoding thread."""
+    """One prompt to decode. `on_token` receives each token id as it is chosen, then
+    `done(None)` or `done(exception)`; both are called from the decoding thread."""
 
     prompt: list[int]
     params: GenerationParams
@@ -59,7 +62,7 @@ MIN_REUSE = 16  # shorter shared prefixes are prefilled again: not worth a copy
 @dataclass(eq=False)
 class _Entry:
     tokens: list[int]
-    states: Any  # keys and values: [layers, 2, kv_heads, len, head_dim]
+    states: torch.Tensor  # keys and values: (layers, 2, kv_heads, len, head_dim)
     used: int = 0
 
 
@@ -102,7 +105,7 @@ class PrefixCache:
                 return True
         return False
 
-    def add(self, tokens: list[int], states: Any) -> None:
+    def add(self, tokens: list[int], states: torch.Tensor) -> None:
         if not self.capacity or len(tokens) < MIN_REUSE or len(tokens) > self.capacity:
             return
         # A sequence that only extends a cached one replaces it (a conversation's turn).
@@ -117,14 +120,6 @@ class PrefixCache:
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-def _penalised(scores: Any, penalty: float) -> Any:
-    """Scores of tokens already seen, made less likely (as `generate`'s repetition
-    penalty: divided by the penalty when positive, multiplied when negative)."""
-    import torch
-
-    return torch.where(scores < 0, scores * penalty, scores / penalty)
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:
@@ -149,13 +144,13 @@ class _Row:
     length: int  # tokens of this row in the KV cache
     next_token: int = -1  # sampled, not yet in the cache
     generated: int = 0
-    rng: Any = None
+    rng: torch.Generator | None = None
     follow: tuple[_Row, int] | None = None  # a row reading the same start, and how far
-    # The distinct tokens of `tokens[:counted]`, as a set and as a tensor (for the
-    # repetition penalty; grown as tokens come, not rebuilt every pass).
-    seen: set[int] = field(default_factory=set)
-    seen_ids: Any = None
-    counted: int = 0
+    seen: SeenTokens = field(default_factory=SeenTokens)  # for the repetition penalty
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.request.params
 
 
 class BatchEngine:
@@ -171,8 +166,8 @@ class BatchEngine:
     model itself (`model` may be a function that returns it), and other work on the
     same weights goes through `call`. OpenMP keeps a team of worker threads for every
     thread that runs parallel work, and once there are more of them than cores it stops
-    letting them spin between operations: a decode pass then took 30 ms instead of 17
-    (measured here, 2 cores, one 220-token row)."""
+    letting them spin between operations: a decode pass then took nearly twice as long
+    (the figures are in the benchmark docs)."""
 
     def __init__(
         self,
@@ -379,7 +374,7 @@ class BatchEngine:
             row.request.done(None)
 
     def _pass(self) -> None:
-        from bot.generation.llama import Segment
+        from bot.generation.kv import Segment
 
         rows = list(self._rows)
         ids = [r.next_token for r in rows]
@@ -448,9 +443,11 @@ class BatchEngine:
         target = len(self._rows)
         if row.slot != target:
             occupant = next((r for r in self._filling if r.slot == target), None)
-            held = self._slab.read(target, occupant.length) if occupant else None
-            self._slab.move(row.slot, target, row.length)
-            if occupant is not None:
+            if occupant is None:
+                self._slab.move(row.slot, target, row.length)
+            else:
+                held = self._slab.read(target, occupant.length)
+                self._slab.move(row.slot, target, row.length)
                 self._slab.write(row.slot, held)
                 occupant.slot = row.slot
             row.slot = target
@@ -494,73 +491,3 @@ class BatchEngine:
         self._keep_finished(row)
         request.done(None)
         return False
-
-
-def choose_next(rows: list[_Row], at: list[int], logits: Any) -> list[int]:
-    """The next token of each row, from its logits (`logits[at[i]]` for rows[i]).
-
-    Greedy rows are chosen together, one set of operations for all rows with the
-    same repetition penalty (row by row, choosing took about 1.8 ms of every pass
-    of 8 rows on this project's 2-core CPU, as much as a tenth of the pass)."""
-    import torch
-
-    device = logits.device
-    tokens: list[int] = [0] * len(rows)
-    greedy: dict[float, list[int]] = {}
-    for i, row in enumerate(rows):
-        params = row.request.params
-        if params.greedy:
-            greedy.setdefault(params.repetition_penalty, []).append(i)
-        else:
-            tokens[i] = _sample(row, logits[at[i]])
-    for penalty, which in greedy.items():
-        scores = logits[torch.tensor([at[i] for i in which], device=device)].float()
-        if penalty != 1.0:
-            # Every row's seen tokens, as places in the flattened scores.
-            seen = [_seen(rows[i], device) for i in which]
-            offsets = torch.arange(len(which), device=device) * scores.shape[-1]
-            counts = torch.tensor([len(ids) for ids in seen], device=device)
-            places = torch.cat(seen) + torch.repeat_interleave(offsets, counts)
-            flat = scores.view(-1)
-            flat.index_copy_(0, places, _penalised(flat[places], penalty))
-        for i, token in zip(which, scores.argmax(dim=-1).tolist(), strict=True):
-            tokens[i] = int(token)
-    return tokens
-
-
-def _seen(row: _Row, device: Any) -> Any:
-    """The row's distinct tokens so far, as a tensor."""
-    import torch
-
-    fresh = [t for t in dict.fromkeys(row.tokens[row.counted :]) if t not in row.seen]
-    row.counted = len(row.tokens)
-    if fresh or row.seen_ids is None:
-        row.seen.update(fresh)
-        added = torch.tensor(fresh, dtype=torch.long, device=device)
-        row.seen_ids = added if row.seen_ids is None else torch.cat((row.seen_ids, added))
-    return row.seen_ids
-
-
-def _sample(row: _Row, logits: Any) -> int:
-    """A sampled row's next token."""
-    import torch
-
-    params = row.request.params
-    scores = logits.float()
-    if params.repetition_penalty != 1.0:
-        seen = _seen(row, scores.device)
-        scores = scores.scatter(0, seen, _penalised(scores[seen], params.repetition_penalty))
-    scores = scores / params.temperature
-    # Top-k first, then top-p within those k, as `generate` orders them; working on
-    # the k candidates only (not a sort of the whole vocabulary) keeps a step cheap.
-    k = min(params.top_k, scores.shape[-1]) if params.top_k else scores.shape[-1]
-    values, candidates = torch.topk(scores, k)  # sorted, highest first
-    if params.top_p < 1.0:
-        cumulative = values.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a candidate once the ones above it already hold top_p (as
-        # `generate`: the lowest ones whose mass stays within 1 - top_p go).
-        drop = (1 - cumulative + values.softmax(dim=-1)) <= (1 - params.top_p)
-        drop[0] = False  # keep at least one token
-        values = values.masked_fill(drop, float("-inf"))
-    probs = values.softmax(dim=-1)
-    return int(candidates[torch.multinomial(probs, 1, generator=row.rng)])

@@ -2,33 +2,43 @@
 Llama 2 and 3, TinyLlama, Qwen2 and 2.5, Mistral without a sliding window), written
 for the batch engine.
 
-Why not the transformers model: on a 2-core CPU its per-step Python overhead (mask
+Why not the transformers model: on a small CPU its per-step Python overhead (mask
 building, cache objects, wrappers around every layer) costs as much as the arithmetic
 for a 135M-parameter model, and its cache has to be concatenated and re-padded each
 time a request joins or leaves. Here the KV of every request lives in one preallocated
-slab, row by row, so joining and leaving copy one row at most; and a forward pass takes
-a flat list of tokens from any rows (one decoding token per running row and a chunk of
-a new prompt), so the running rows decode on the same pass that reads a new prompt.
+slab (bot/generation/kv.py), row by row, so joining and leaving copy one row at most;
+and a forward pass takes a flat list of tokens from any rows (one decoding token per
+running row and a chunk of a new prompt), so the running rows decode on the same pass
+that reads a new prompt.
 
 The arithmetic follows transformers' Llama (RMSNorm in float32, rotary embeddings,
-grouped-query attention through SDPA, SiLU MLP), and the tests compare greedy output
-with transformers' own `generate`. Weights come straight from safetensors, or are
-shared with an already loaded transformers model (no copy).
+grouped-query attention, SiLU MLP), and the tests compare it with transformers' own
+forward pass, each way of computing the products and of attending on its own. Which
+way is fastest depends on the CPU: bot/generation/tuning.py measures it. The weights
+are read by bot/generation/weights.py (straight from safetensors, or shared with a
+loaded transformers model, no copy).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from bot.generation.kv import KVSlab, Segment
+from bot.generation.ways import (
+    ATTENTION_WAYS,
+    PRODUCT_WAYS,
+    pack,
+    packing_available,
+    unpack,
+)
+
+Tensor = torch.Tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +100,11 @@ class LlamaConfig:
             rope_llama3=llama3,
         )
 
-    def kv_bytes(self, dtype: Any) -> int:
+    def kv_bytes(self, dtype: torch.dtype) -> int:
         """Bytes of KV cache one token takes, over all layers."""
         return self.layers * 2 * self.kv_heads * self.head_dim * int(dtype.itemsize)
 
-    def inverse_frequencies(self, device: Any) -> Any:
+    def inverse_frequencies(self, device: torch.device | str) -> torch.Tensor:
         """The rotary embedding's frequencies (Llama 3's long-context rescaling:
         long wavelengths slowed by `factor`, a smooth blend between the two bounds)."""
         half = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
@@ -115,166 +125,30 @@ class _Layer:
     """One decoder layer's weights. The four product matrices are plain tensors, or
     packed for oneDNN when the model's products are "packed" (see `LlamaModel.products`)."""
 
-    attention_norm: Any
-    qkv: Any  # q, k and v projections, stacked
-    qkv_bias: Any
-    out: Any
-    out_bias: Any
-    mlp_norm: Any
-    gate_up: Any  # gate and up projections, stacked
-    down: Any
+    attention_norm: Tensor
+    qkv: Tensor  # q, k and v projections, stacked: (heads + 2 * kv_heads) * head_dim rows
+    qkv_bias: Tensor | None
+    out: Tensor
+    out_bias: Tensor | None
+    mlp_norm: Tensor
+    gate_up: Tensor  # gate and up projections, stacked: 2 * intermediate rows
+    down: Tensor
 
 
-def _joined(w: dict[str, Any], name: str, parts: list[str]) -> Any:
-    """A joined matrix: given whole (as `from_directory` reads it), or stacked from its
-    parts (taken out of `w`); None when there are no parts (no biases)."""
+def _joined(w: dict[str, Tensor], name: str, parts: list[str]) -> Tensor | None:
+    """A joined matrix: given whole (as `weights.llama_from_directory` reads it), or
+    stacked from its parts (taken out of `w`); None when there are no parts (no
+    biases)."""
     if name in w:
         return w.pop(name)
-    found = [w.pop(part, None) for part in parts]
-    return None if any(t is None for t in found) else torch.cat(found)
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """Tokens of one row in a forward pass: `count` tokens at positions `start`…,
-    written into the row's slot; attention sees the row's cache up to each token."""
-
-    slot: int
-    start: int
-    count: int
-
-
-class KVSlab:
-    """The KV cache of every row: per layer, one tensor [2, slots, kv_heads, capacity,
-    head_dim]. A row lives in one slot from position 0; it grows in capacity steps
-    (reallocated, rows copied) and is freed whole when the engine is idle.
-
-    One tensor per layer, not one for all: growing reallocates a layer at a time, so
-    the old and the new slab are never held whole at once; and it grows by 128
-    positions, so every slot wastes less. Measured with `python -m bot bench`'s serving
-    process (8 members for 20 s, float32, 2-core AMD EPYC), its peak: 1.46 GB with one
-    tensor grown by 256 positions, 1.41 GB by 128, 1.30 GB per layer by 128."""
-
-    STEP = 128
-
-    def __init__(self, config: LlamaConfig, slots: int, dtype: Any, device: Any) -> None:
-        self.config = config
-        self.slots = slots
-        self.dtype = dtype
-        self.device = device
-        self.layers: list[Any] = []
-        self.capacity = 0
-
-    def ensure(self, length: int) -> None:
-        """Room for `length` positions in every slot."""
-        if length <= self.capacity:
-            return
-        capacity = min(-(-length // self.STEP) * self.STEP, max(length, self.config.context_length))
-        c = self.config
-        shape = (2, self.slots, c.kv_heads, capacity, c.head_dim)
-        grown = len(self.layers) == c.layers
-        for i in range(c.layers):
-            data = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if grown:
-                data[..., : self.capacity, :] = self.layers[i]
-                self.layers[i] = data  # the old layer is freed here
-            else:
-                self.layers.append(data)
-        self.capacity = capacity
-
-    def release(self) -> None:
-        self.layers, self.capacity = [], 0
-
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy a row's first `length` positions to another slot."""
-        for data in self.layers:
-            data[:, target, :, :length] = data[:, source, :, :length]
-
-    def read(self, slot: int, length: int) -> Any:
-        """A copy of a row's first `length` positions: [layers, 2, kv_heads, length, dim]."""
-        return torch.stack([data[:, slot, :, :length] for data in self.layers])
-
-    def write(self, slot: int, states: Any, length: int | None = None) -> None:
-        """Put `states` (as `read` returns them), or their first `length` positions,
-        into a slot."""
-        length = states.shape[3] if length is None else length
-        self.ensure(length)
-        for data, layer in zip(self.layers, states, strict=True):
-            data[:, slot, :, :length] = layer[:, :, :length]
-
-
-_SAFETENSORS_DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """Where one tensor lies in a safetensors file."""
-
-    file: Path
-    offset: int  # from the start of the file
-    size: int  # bytes
-    dtype: Any
-    shape: tuple[int, ...]
-
-
-def safetensors_index(path: Path) -> dict[str, _Stored]:
-    """The tensors of a safetensors file, from its header (nothing else is read)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        (size,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        if not 2 <= size <= 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        header = json.loads(f.read(size))
-    out = {}
-    try:
-        for name, spec in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
-            if dtype is None:
-                raise ValueError(f"{path.name}: {name} has an unsupported dtype {spec['dtype']}")
-            start, end = (int(x) for x in spec["data_offsets"])
-            shape = tuple(int(x) for x in spec["shape"])
-            if end - start != math.prod(shape) * dtype.itemsize or start < 0:
-                raise ValueError(f"{path.name}: {name} does not match its shape")
-            out[name] = _Stored(path, 8 + size + start, end - start, dtype, shape)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path.name} has a malformed header ({exc!r})") from exc
-    return out
-
-
-def read_into(stored: dict[str, _Stored], targets: dict[str, Any]) -> None:
-    """Fill each target tensor with the stored tensor of its name, converted to the
-    target's dtype and device, reading file by file in order through one scratch
-    buffer.
-
-    Not through `safetensors.safe_open`: it maps the whole file, and every page read
-    stays in the process's resident memory until the file is closed, so converting the
-    embedded model's bf16 weights to float32 peaked at both copies (1.07 GB against
-    0.80 GB held after loading)."""
-    if not targets:
-        return
-    scratch = torch.empty(max(stored[n].size for n in targets), dtype=torch.uint8)
-    for file in sorted({stored[n].file for n in targets}):
-        names = sorted(
-            (n for n in targets if stored[n].file == file), key=lambda n: stored[n].offset
-        )
-        with open(file, "rb") as handle:
-            for name in names:
-                item = stored[name]
-                handle.seek(item.offset)
-                window = memoryview(scratch[: item.size].numpy())  # type: ignore[arg-type]
-                if handle.readinto(window) != item.size:
-                    raise ValueError(f"{file.name}: {name} is cut short")
-                targets[name].copy_(scratch[: item.size].view(item.dtype).view(item.shape))
+    found = [w.pop(part) for part in parts if part in w]
+    return torch.cat(found) if len(found) == len(parts) else None
 
 
 class LlamaModel:
-    def __init__(self, config: LlamaConfig, weights: dict[str, Any]) -> None:
+    """The model's weights and its forward pass over rows kept in a `KVSlab`."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, Tensor]) -> None:
         self.config = config
         # Taken out of `weights` as they are joined, so the separate copies can go
         # while loading (a lower peak of memory when nothing else holds them).
@@ -286,71 +160,76 @@ class LlamaModel:
         self.device = self.embed.device
         # Per layer: q, k and v in one matrix, gate and up in another (fewer, larger
         # products: a decode pass is mostly the cost of launching operations).
-        self.layers = []
+        self.layers: list[_Layer] = []
         for i in range(config.layers):
             p = f"layers.{i}."
-            self.layers.append(
-                _Layer(
-                    attention_norm=w[f"{p}input_layernorm.weight"],
-                    qkv=_joined(
-                        w,
-                        f"{p}self_attn.qkv_proj.weight",
-                        [f"{p}self_attn.{n}_proj.weight" for n in "qkv"],
-                    ),
-                    qkv_bias=_joined(
-                        w,
-                        f"{p}self_attn.qkv_proj.bias",
-                        [f"{p}self_attn.{n}_proj.bias" for n in "qkv"],
-                    ),
-                    out=w[f"{p}self_attn.o_proj.weight"],
-                    out_bias=w.get(f"{p}self_attn.o_proj.bias"),
-                    mlp_norm=w[f"{p}post_attention_layernorm.weight"],
-                    gate_up=_joined(
-                        w,
-                        f"{p}mlp.gate_up_proj.weight",
-                        [f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"],
-                    ),
-                    down=w[f"{p}mlp.down_proj.weight"],
-                )
+            attention, mlp = f"{p}self_attn.", f"{p}mlp."
+            qkv = _joined(
+                w, f"{attention}qkv_proj.weight", [f"{attention}{n}_proj.weight" for n in "qkv"]
             )
+            gate_up = _joined(
+                w, f"{mlp}gate_up_proj.weight", [f"{mlp}gate_proj.weight", f"{mlp}up_proj.weight"]
+            )
+            if qkv is None or gate_up is None:
+                raise ValueError(f"layer {i} lacks its attention or MLP weights")
+            qkv_bias = _joined(
+                w, f"{attention}qkv_proj.bias", [f"{attention}{n}_proj.bias" for n in "qkv"]
+            )
+            self.layers.append(_Layer(
+                attention_norm=w[f"{p}input_layernorm.weight"], qkv=qkv, qkv_bias=qkv_bias,
+                out=w[f"{attention}o_proj.weight"], out_bias=w.get(f"{attention}o_proj.bias"),
+                mlp_norm=w[f"{p}post_attention_layernorm.weight"], gate_up=gate_up,
+                down=w[f"{mlp}down_proj.weight"],
+            ))  # fmt: skip
         self.inv_freq = config.inverse_frequencies(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self._products = "linear"
         self._tied = self.lm_head is self.embed
-        # How the decoding rows attend (see `ATTENTION`; `choose_attention` measures it).
-        self.attention = "matmul"
+        # The ways chosen, each looked up once here, not tested in every layer.
+        self._products = PRODUCT_WAYS["linear"]
+        self._attend_decoding = ATTENTION_WAYS["matmul"]
 
     @property
     def products(self) -> str:
-        """How each weight product is computed:
+        """How each weight product is computed (`PRODUCT_WAYS`):
         - "linear": x @ W^T as torch's linear does;
         - "transposed": (W @ x^T)^T, the same sums in another order of operands;
-        - "packed": oneDNN's linear on weights reordered once into its blocked layout
-          (torch's own linear reorders a bf16 weight on every call). The plain matrices
-          are replaced by the packed ones, so this costs no memory, except for a tied
-          output matrix: the embedding lookup still needs it plain.
-        Which is faster depends on the CPU and its matrix library: see
-        `choose_products`. Setting it converts the weights (one matrix at a time, so
-        memory peaks at one matrix more)."""
-        return self._products
+        - "packed": oneDNN's linear on weights reordered once into its blocked layout.
+          The plain matrices are replaced by the packed ones, so this costs no memory,
+          except for a tied output matrix: the embedding lookup still needs it plain.
+        Setting it converts the weights (one matrix at a time, so memory peaks at one
+        matrix more)."""
+        return next(name for name, way in PRODUCT_WAYS.items() if way is self._products)
 
     @products.setter
     def products(self, products: str) -> None:
-        if products not in PRODUCTS:
+        way = PRODUCT_WAYS.get(products)
+        if way is None:
             raise ValueError(f"unknown weight products {products!r}")
-        packed = products == "packed"
-        if packed and not packing_available(self.device):
+        if way.packed and not packing_available(self.device):
             raise ValueError("packed weight products need oneDNN on a CPU")
-        if packed != (self._products == "packed"):
+        if way.packed != self._products.packed:
             try:
-                self._convert(_pack if packed else _unpack)
+                self._convert(pack if way.packed else unpack)
             except BaseException:
-                self._convert(_unpack)  # (every matrix plain again, as "linear" needs)
-                self._products = "linear"
+                self._convert(unpack)  # (every matrix plain again, as "linear" needs)
+                self._products = PRODUCT_WAYS["linear"]
                 raise
-        self._products = products
+        self._products = way
 
-    def _convert(self, convert: Any) -> None:
+    @property
+    def attention(self) -> str:
+        """How the decoding rows (one query each) attend (`ATTENTION_WAYS`): "matmul",
+        written out as two matrix products, or "sdpa", torch's kernel."""
+        return next(n for n, way in ATTENTION_WAYS.items() if way is self._attend_decoding)
+
+    @attention.setter
+    def attention(self, attention: str) -> None:
+        way = ATTENTION_WAYS.get(attention)
+        if way is None:
+            raise ValueError(f"unknown attention {attention!r}")
+        self._attend_decoding = way
+
+    def _convert(self, convert: Callable[[Tensor], Tensor]) -> None:
         for layer in self.layers:
             layer.qkv = convert(layer.qkv)
             layer.out = convert(layer.out)
@@ -358,76 +237,14 @@ class LlamaModel:
             layer.down = convert(layer.down)
         # A tied output matrix is the embedding, which the lookup reads plain: packed, it
         # is a copy; unpacked, the embedding again.
-        self.lm_head = self.embed if self._tied and convert is _unpack else convert(self.lm_head)
-
-    @classmethod
-    def from_directory(cls, directory: Path, dtype: Any, device: Any) -> LlamaModel | None:
-        """Load a Hugging Face model directory's safetensors, or None when this module
-        cannot run its architecture (or its weights are not safetensors)."""
-        try:
-            raw = json.loads((directory / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        config = LlamaConfig.of(raw)
-        files = sorted(directory.glob("*.safetensors"))
-        if config is None or not files:
-            return None
-        stored: dict[str, _Stored] = {}
-        for file in files:
-            stored.update(safetensors_index(file))
-        # Each tensor is read once into its place: q, k and v (and gate and up) straight
-        # into their joined matrix, so no copy of the weights is made while loading.
-        weights: dict[str, Any] = {}
-        targets: dict[str, Any] = {}
-        for i in range(config.layers):
-            p = f"model.layers.{i}."
-            attention, mlp = f"{p}self_attn.", f"{p}mlp."
-            for joined, parts in (
-                (f"{attention}qkv_proj.weight", [f"{attention}{n}_proj.weight" for n in "qkv"]),
-                (f"{attention}qkv_proj.bias", [f"{attention}{n}_proj.bias" for n in "qkv"]),
-                (f"{mlp}gate_up_proj.weight", [f"{mlp}gate_proj.weight", f"{mlp}up_proj.weight"]),
-            ):
-                if not all(part in stored for part in parts):
-                    continue
-                rows = [stored[part].shape[0] for part in parts]
-                rest = stored[parts[0]].shape[1:]
-                weights[joined] = torch.empty((sum(rows), *rest), dtype=dtype, device=device)
-                targets.update(zip(parts, weights[joined].split(rows), strict=True))
-        for name, item in stored.items():
-            if name not in targets:
-                weights[name] = targets[name] = torch.empty(item.shape, dtype=dtype, device=device)
-        read_into(stored, targets)
-        return cls(config, weights)
-
-    @classmethod
-    def from_transformers(cls, model: Any) -> LlamaModel | None:
-        """Run a loaded transformers model's weights, or None. No copy stays: its q, k
-        and v (and gate and up) weights become views of the joined matrices."""
-        config = LlamaConfig.of(model.config.to_dict())
-        if config is None:
-            return None
-        ours = cls(config, {k: v.detach() for k, v in model.state_dict().items()})
-        c = config
-        q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
-        for layer, theirs in zip(ours.layers, model.model.layers, strict=True):
-            attention, mlp = theirs.self_attn, theirs.mlp
-            attention.q_proj.weight.data = layer.qkv[:q]
-            attention.k_proj.weight.data = layer.qkv[q : q + kv]
-            attention.v_proj.weight.data = layer.qkv[q + kv :]
-            if layer.qkv_bias is not None:
-                attention.q_proj.bias.data = layer.qkv_bias[:q]
-                attention.k_proj.bias.data = layer.qkv_bias[q : q + kv]
-                attention.v_proj.bias.data = layer.qkv_bias[q + kv :]
-            mlp.gate_proj.weight.data = layer.gate_up[: c.intermediate]
-            mlp.up_proj.weight.data = layer.gate_up[c.intermediate :]
-        return ours
+        self.lm_head = self.embed if self._tied and convert is unpack else convert(self.lm_head)
 
     def slab(self, slots: int) -> KVSlab:
         return KVSlab(self.config, slots, self.dtype, self.device)
 
-    def _rope(self, positions: Any) -> tuple[Any, Any]:
+    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin of each position's angles, the sin's first half negated (see
-        `_rotate`)."""
+        `_rotate`): each (tokens, head_dim)."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         sin = freqs.sin()
         return (
@@ -435,7 +252,7 @@ class LlamaModel:
             torch.cat((-sin, sin), dim=-1).to(self.dtype),
         )
 
-    def _norm(self, x: Any, weight: Any) -> Any:
+    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
         """RMSNorm computed in float32, scaled in the model's dtype (as transformers)."""
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.config.eps)
         return weight * normed.to(x.dtype)
@@ -446,22 +263,23 @@ class LlamaModel:
         ids: list[int],
         segments: list[Segment],
         decoding: int = 0,
-    ) -> Any:
+    ) -> Tensor:
         """Run `ids` (the tokens of `segments`, in order) and return the logits of each
-        segment's last token, [len(segments), vocab]. The first `decoding` segments
+        segment's last token, (len(segments), vocab). The first `decoding` segments
         are single tokens of rows in slots 0…decoding-1 (one attention call for them
         all); each further segment is a chunk of one prompt."""
         c = self.config
         device = self.device
+        products = self._products
         positions = torch.cat(
             [torch.arange(s.start, s.start + s.count, device=device) for s in segments]
-        )
+        )  # (n,)
         slots = torch.cat(
             [torch.full((s.count,), s.slot, device=device, dtype=torch.long) for s in segments]
-        )
+        )  # (n,)
         slab.ensure(int(max(s.start + s.count for s in segments)))
         cos, sin = self._rope(positions)
-        cos, sin = cos[:, None, :], sin[:, None, :]
+        cos, sin = cos[:, None, :], sin[:, None, :]  # (n, 1, head_dim): one for every head
         masks = self._masks(segments, decoding, slab.capacity)
         n = len(ids)
         # The weight products run on `rows` rows, n rounded up (padding rows: token 0,
@@ -470,53 +288,39 @@ class LlamaModel:
         x = F.embedding(torch.tensor(ids + [0] * (rows - n), device=device), self.embed)
         heads, kv = c.heads, c.kv_heads
         # Where each token's keys and values go in a layer of the slab, seen as rows of
-        # head_dim: its keys' heads, then its values' heads (one copy a layer).
+        # head_dim (one copy a layer). A layer is (2, slots, kv_heads, capacity,
+        # head_dim): key head h of slot s at position p is row (s * kv_heads + h) *
+        # capacity + p, its value that plus slots * kv_heads * capacity.
         at = (slots[:, None] * kv + torch.arange(kv, device=device)) * slab.capacity
-        at = at + positions[:, None]
+        at = at + positions[:, None]  # (n, kv_heads): the keys' rows
+        # (n, 2 * kv_heads) flattened: each token's key heads, then its value heads, in
+        # the order of the rows copied below.
         at = torch.cat((at, at + slab.slots * kv * slab.capacity), dim=1).view(-1)
         for i, layer in enumerate(self.layers):
-            h = self._norm(x, layer.attention_norm)
-            qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(rows, heads + 2 * kv, c.head_dim)
-            qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
-            keys, values = slab.layers[i]
-            slab.layers[i].view(-1, c.head_dim).index_copy_(
-                0, at, torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1).view(-1, c.head_dim)
+            h = self._norm(x, layer.attention_norm)  # (rows, hidden)
+            qkv = products.linear(h, layer.qkv, layer.qkv_bias).view(
+                rows, heads + 2 * kv, c.head_dim
             )
+            qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
+            keys, values = slab.layers[i]  # each (slots, kv_heads, capacity, head_dim)
+            new = torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1)  # (n, 2 * kv, dim)
+            slab.layers[i].view(-1, c.head_dim).index_copy_(0, at, new.view(-1, c.head_dim))
             attended = self._attend(
                 qk[:, :heads], keys, values, segments=segments, decoding=decoding, masks=masks
             )
             if rows > n:
                 attended = F.pad(attended, (0, 0, 0, rows - n))
-            x = x + self._linear(attended, layer.out, layer.out_bias)
-            h = self._norm(x, layer.mlp_norm)
-            if self.transposed:  # gate and up stay transposed into the down product
-                gate, up = (layer.gate_up @ h.t()).chunk(2, dim=0)
-                x = x + (layer.down @ (F.silu(gate) * up)).t()
-            else:
-                gate, up = self._linear(h, layer.gate_up, None).chunk(2, dim=-1)
-                x = x + self._linear(F.silu(gate) * up, layer.down, None)
+            x = x + products.linear(attended, layer.out, layer.out_bias)
+            x = x + products.mlp(self._norm(x, layer.mlp_norm), layer.gate_up, layer.down)
         last = []
         offset = 0
         for s in segments:
             offset += s.count
             last.append(offset - 1)
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
-        return self._linear(x, self.lm_head, None)
+        return products.linear(x, self.lm_head, None)
 
-    def _linear(self, x: Any, weight: Any, bias: Any) -> Any:
-        """x @ weight^T (+ bias), as `products` says to compute it."""
-        if self._products == "packed":
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
-        if not self.transposed:
-            return F.linear(x, weight, bias)
-        out = (weight @ x.t()).t()
-        return out if bias is None else out + bias
-
-    @property
-    def transposed(self) -> bool:
-        return self.products == "transposed"
-
-    def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Any]:
+    def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Tensor | None]:
         """Per attention call, what each query token may see: a mask added to the
         scores, 0 where it may look and -inf where it may not (None for a prompt read
         from its start: causal attention).
@@ -530,7 +334,7 @@ class LlamaModel:
         rounded columns were work for nothing (a 128-token chunk at position 400: 1.37
         ms a layer exact, 1.64 ms rounded to 640)."""
         device = self.device
-        masks: list[Any] = []
+        masks: list[Tensor | None] = []
         if decoding:
             ends = torch.tensor([s.start for s in segments[:decoding]], device=device)
             width = _rounded(int(ends.max()) + 1, capacity)
@@ -545,55 +349,33 @@ class LlamaModel:
                 seen = torch.arange(s.start + s.count, device=device)[None, :]
                 mine = torch.arange(s.start, s.start + s.count, device=device)[:, None]
                 # Added to the scores (as SDPA would turn a boolean mask, once per
-                # layer; here once per pass).
+                # layer; here once per pass): (1, 1, count, start + count).
                 mask = torch.zeros(mine.shape[0], seen.shape[1], dtype=self.dtype, device=device)
                 masks.append(mask.masked_fill_(seen > mine, float("-inf"))[None, None])
         return masks
 
     def _attend(
-        self, q: Any, keys: Any, values: Any, *, segments: list[Segment], decoding: int,
-        masks: list[Any],
-    ) -> Any:  # fmt: skip
+        self, q: Tensor, keys: Tensor, values: Tensor, *, segments: list[Segment],
+        decoding: int, masks: list[Tensor | None],
+    ) -> Tensor:  # fmt: skip
+        """Every token's attention output, (n, heads * head_dim), from its query (n,
+        heads, head_dim) and its row's cached keys and values."""
         c = self.config
         out = []
-        if decoding and self.attention == "sdpa":
-            width = masks[0].shape[-1]
-            attended = F.scaled_dot_product_attention(
-                # [rows, heads, 1, dim], each head's numbers adjacent (its CPU kernel
-                # needs them so; transposed products leave them apart)
-                q[:decoding].contiguous().unsqueeze(2),
-                keys[:decoding, :, :width],
-                values[:decoding, :, :width],
-                attn_mask=masks[0],
-                scale=self.scale,
-                enable_gqa=True,
-            )
-            out.append(attended.reshape(decoding, c.heads * c.head_dim))
-        elif decoding:
-            # One query per row: written out, grouped by KV head (query head h reads
-            # KV head h // group, as transformers' repeat_kv), with the softmax in
-            # float32.
-            width = masks[0].shape[-1]
-            group = c.heads // c.kv_heads
-            query = q[:decoding].view(decoding, c.kv_heads, group, c.head_dim)
-            # keys @ query^T, transposed: the slab's rows are read in their own order
-            # (twice as fast as query @ keys^T on this CPU in bf16).
-            scores = torch.matmul(keys[:decoding, :, :width], query.transpose(-1, -2))
-            scores = scores.transpose(-1, -2)
-            scores = torch.add(masks[0], scores.float(), alpha=self.scale)
-            probs = scores.softmax(dim=-1).to(q.dtype)
-            attended = torch.matmul(probs, values[:decoding, :, :width])
-            out.append(attended.reshape(decoding, c.heads * c.head_dim))
+        if decoding:
+            mask = masks[0]
+            assert mask is not None  # (the decoding rows always have one)
+            out.append(self._attend_decoding(q[:decoding], keys, values, mask, self.scale))
         offset = decoding
-        for s, mask in zip(segments[decoding:], masks[1 if decoding else 0 :], strict=True):
-            end = s.count if mask is None else mask.shape[-1]
-            query = q[offset : offset + s.count].transpose(0, 1)[None]  # [1, heads, n, dim]
+        for s, prompt_mask in zip(segments[decoding:], masks[1 if decoding else 0 :], strict=True):
+            end = s.count if prompt_mask is None else prompt_mask.shape[-1]
+            query = q[offset : offset + s.count].transpose(0, 1)[None]  # (1, heads, count, dim)
             attended = F.scaled_dot_product_attention(
                 query,
                 keys[s.slot : s.slot + 1, :, :end],
                 values[s.slot : s.slot + 1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None,
+                attn_mask=prompt_mask,
+                is_causal=prompt_mask is None,
                 scale=self.scale,
                 enable_gqa=True,
             )
@@ -621,123 +403,8 @@ def _rounded(width: int, capacity: int) -> int:
     return min(-(-width // WIDTH_STEP) * WIDTH_STEP, capacity)
 
 
-def _rotate(x: Any, cos: Any, signed_sin: Any) -> Any:
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """Rotary embedding: x * cos + rotate_half(x) * sin, where rotate_half(x) is
     (-x2, x1) of x's halves (x1, x2). Written as the halves swapped times the sin
     with its first half negated: the same numbers, bit for bit, in fewer operations."""
     return (x * cos) + (x.roll(x.shape[-1] // 2, dims=-1) * signed_sin)
-
-
-PRODUCTS = ("linear", "transposed", "packed")
-
-# How the decoding rows (one query each) attend to their cached keys and values:
-# - "matmul": written out, keys times queries and probabilities times values as two
-#   batched matrix products, the softmax in float32 between them;
-# - "sdpa": torch's scaled_dot_product_attention (its CPU kernel reads the slab's
-#   rows where they lie; the matrix products above copy them first).
-# Which is faster depends on the CPU: on an AMD EPYC with AVX-512 (bf16), "matmul"
-# took 0.38 ms a layer for 8 rows of 450 tokens, SDPA 1.43 ms (SDPA then given a
-# boolean mask); on an Intel Xeon with AMX (bf16), 30 layers for 8 rows of 640 tokens
-# took 26.0 ms "matmul" and 18.1 ms SDPA, 1 row of 128 tokens 5.3 and 1.5 ms. So it
-# is measured: `choose_attention`.
-ATTENTION = ("matmul", "sdpa")
-
-# The batch width oneDNN is told to expect when a weight is packed (it picks the
-# blocked layout by it; any number of rows can be multiplied by the packed weight).
-PACK_ROWS = 8
-
-
-def packing_available(device: Any = "cpu") -> bool:
-    """Whether weights can be packed for oneDNN here: a CPU, and a torch built with it."""
-    return (
-        torch.device(device).type == "cpu"
-        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
-
-
-def available_products(device: Any = "cpu") -> tuple[str, ...]:
-    return PRODUCTS if packing_available(device) else PRODUCTS[:2]
-
-
-def _pack(weight: Any) -> Any:
-    if weight.is_mkldnn:
-        return weight
-    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
-
-
-def _unpack(weight: Any) -> Any:
-    return weight.to_dense() if weight.is_mkldnn else weight
-
-
-def choose_products(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
-    """Time a decode pass of `rows` rows with each way of computing the weight
-    products this machine offers, keep the fastest in `model.products`, and return the
-    milliseconds a pass took each way (the best of `rounds`, after one pass to warm up).
-
-    A decode pass multiplies a few rows by every weight matrix, read from memory, and
-    the fastest way depends on the matrix library and the CPU. Measured on 2 cores:
-    - an AMD EPYC without AVX-512 (MKL, float32): 8 rows took 139 ms with the weight
-      as the left operand ("transposed") against 292 ms through `linear`, while in
-      bfloat16 on the same CPU `linear` was the faster;
-    - an AMD EPYC with AVX-512 (bfloat16): the layers' products for 8 rows took
-      12.5 ms packed for oneDNN against 23.5 ms through `linear` (136 rows, a prompt
-      chunk: 78 against 89 ms), the same numbers bit for bit.
-    So it is measured on the machine (and remembered: `local.choose_products_cached`).
-    Each way is timed in turn, so the weights are converted at most twice."""
-    slab = model.slab(rows)
-    slab.ensure(WIDTH_STEP)
-    segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
-
-    def use(products: str) -> None:
-        model.products = products
-
-    best = _fastest(model, slab, segments, available_products(model.device), use=use, rounds=rounds)
-    model.products = min(best, key=lambda p: best[p])
-    return best
-
-
-def choose_attention(model: LlamaModel, rows: int, rounds: int = 2) -> dict[str, float]:
-    """Time a decode pass of `rows` rows, 4 * WIDTH_STEP tokens into their replies
-    (where attention is a fair share of a pass), with each of `ATTENTION`'s ways; keep
-    the fastest in `model.attention` and return the milliseconds a pass took each way
-    (the best of `rounds`, after one pass to warm up). The slab holds more positions
-    than the rows have, as while serving (it grows to the longest row seen)."""
-    slab = model.slab(rows)
-    position = 4 * WIDTH_STEP - 1
-    slab.ensure(position + 1 + 2 * WIDTH_STEP)
-    segments = [Segment(i, position - 7 * i, 1) for i in range(rows)]  # (lengths differ)
-
-    def use(way: str) -> None:
-        model.attention = way
-
-    best = _fastest(model, slab, segments, ATTENTION, use=use, rounds=rounds)
-    model.attention = min(best, key=lambda w: best[w])
-    return best
-
-
-def _fastest(
-    model: LlamaModel, slab: KVSlab, segments: list[Segment], ways: Sequence[str],
-    *, use: Callable[[str], None], rounds: int,
-) -> dict[str, float]:  # fmt: skip
-    """Milliseconds of a decode pass of `segments` with each way `use` sets (the best
-    of `rounds`, after one pass to warm up), rounded to 0.1 ms; a way that raises
-    RuntimeError (a build that cannot run it) is left out. The slab is released."""
-    best: dict[str, float] = {}
-    try:
-        with torch.inference_mode():
-            for way in ways:
-                try:
-                    use(way)
-                    for round_ in range(rounds + 1):
-                        started = time.perf_counter()
-                        model.forward(slab, [0] * len(segments), segments, decoding=len(segments))
-                        took = (time.perf_counter() - started) * 1000
-                        if round_:  # the first pass warms up
-                            best[way] = min(best.get(way, math.inf), took)
-                except RuntimeError:
-                    best.pop(way, None)
-    finally:
-        slab.release()
-    return {w: round(t, 1) for w, t in best.items()}

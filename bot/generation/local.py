@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import ctypes
 import functools
-import hashlib
 import json
 import logging
-import os
-import platform
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,7 +24,13 @@ from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy
 from bot.generation.batch import BatchEngine, BatchRequest
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
-from bot.generation.weights import Progress, model_dir, offline
+from bot.generation.weights import (
+    Progress,
+    llama_from_directory,
+    llama_from_transformers,
+    model_dir,
+    offline,
+)
 from bot.settings import ModelSettings
 from memory.context import ChatMessage
 
@@ -188,7 +191,8 @@ class LocalGenerator:
         steady_malloc()
         import torch
 
-        from bot.generation.llama import LlamaConfig, LlamaModel
+        from bot.generation.llama import LlamaConfig
+        from bot.generation.tuning import choose_ways, cpu_prefers_bf16
 
         directory = model_dir(settings.path, settings.cache_dir, progress)
         device = settings.device
@@ -229,12 +233,12 @@ class LocalGenerator:
                 torch.set_num_threads(settings.threads)
             fast = None
             if not with_transformers:
-                fast = LlamaModel.from_directory(directory, dtype, device)
+                fast = llama_from_directory(directory, dtype, device)
             if fast is None:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
             if device == "cpu":
-                choose_products_cached(fast, min(max_batch, 8), settings.cache_dir)
+                choose_ways(fast, min(max_batch, 8), settings.cache_dir)
             return fast
 
         try:
@@ -429,94 +433,6 @@ def _as_list(value: int | list[int] | None) -> list[int]:
     return [value] if isinstance(value, int) else list(value)
 
 
-def cpu_prefers_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16, and AMX-BF16
-    on recent Xeons), which make bf16 the faster dtype on CPU. Measured on 2 cores:
-    with AMX a 2,000-token prompt prefilled in 1.1 s against 3.7 s in float32; on an
-    AMD EPYC with AVX512-BF16 and no AMX, 300 tokens in 0.19 s against 0.46 s and a
-    decode step 27 against 36 ms. Without either, bf16 prefilled 2.5x slower."""
-    import torch
-
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    try:
-        if probe is not None:
-            return bool(probe())
-    except (RuntimeError, AttributeError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = info.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-PRODUCTS_FILE = "products.json"
-
-
-def choose_products_cached(model: LlamaModel, rows: int, cache_dir: Path) -> str:
-    """Set how `model` computes its weight products and its decoding rows' attention
-    on this machine (`llama.choose_products` and `llama.choose_attention` measure them:
-    a second or two on a slow CPU), remembered in `cache_dir` for the CPU, torch
-    version, thread count, dtype and batch width, so only the first start on a machine
-    pays for the measurement."""
-    import torch
-
-    from bot.generation.llama import (
-        ATTENTION,
-        available_products,
-        choose_attention,
-        choose_products,
-    )
-
-    key = " | ".join(
-        [_cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
-         str(model.dtype).removeprefix("torch."), f"{rows} rows"]
-    )  # fmt: skip
-    path = cache_dir / PRODUCTS_FILE
-    try:
-        known = json.loads(path.read_text())
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
-    entry = known.get(key)
-    offered = available_products(model.device)
-    # An entry that did not time every way offered now (written before a way was
-    # added) is measured again.
-    if (
-        isinstance(entry, dict)
-        and entry.get("products") in offered
-        and isinstance(entry.get("ms_per_pass"), dict)
-        and set(offered) <= set(entry["ms_per_pass"])
-        and entry.get("attention") in ATTENTION
-        and isinstance(entry.get("attention_ms_per_pass"), dict)
-        and set(ATTENTION) <= set(entry["attention_ms_per_pass"])
-    ):
-        try:
-            model.products = entry["products"]
-            model.attention = entry["attention"]
-            return model.products
-        except (RuntimeError, ValueError) as exc:
-            log.warning("remembered weight products %s failed (%s): measuring", entry, exc)
-    took = choose_products(model, rows)
-    log.info("weight products: %s (ms per %d-row pass: %s)", model.products, rows, took)
-    attention = choose_attention(model, rows)
-    log.info("attention: %s (ms per %d-row pass: %s)", model.attention, rows, attention)
-    known[key] = {
-        "products": model.products, "ms_per_pass": took,
-        "attention": model.attention, "attention_ms_per_pass": attention,
-    }  # fmt: skip
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
-        partial.replace(path)
-    except OSError as exc:  # a read-only cache: measured again at the next start
-        log.warning("could not remember the weight products in %s: %s", path, exc)
-    return model.products
-
-
 MMAP_THRESHOLD = 8 << 20
 
 
@@ -541,23 +457,6 @@ def steady_malloc() -> bool:
     return bool(mallopt(ctypes.c_int(-3), ctypes.c_int(MMAP_THRESHOLD)))  # M_MMAP_THRESHOLD
 
 
-def _cpu_name() -> str:
-    """The CPU's model name and a digest of its feature flags (virtual machines of
-    one name can expose different instruction sets)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            lines = info.read().splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    fields: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        fields.setdefault(name.strip(), value.strip())
-    flags = fields.get("flags", fields.get("Features", ""))
-    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
-    return f"{fields.get('model name', platform.machine())} (flags {digest})"
-
-
 def _load_tokenizer(directory: Path) -> Any:
     tokenizer = load_tokenizer(directory)
     if tokenizer.chat_template is None:
@@ -566,9 +465,7 @@ def _load_tokenizer(directory: Path) -> Any:
 
 
 def _engine_model_of(model: Any) -> LlamaModel:
-    from bot.generation.llama import LlamaModel
-
-    fast = LlamaModel.from_transformers(model)
+    fast = llama_from_transformers(model)
     if fast is None:
         raise GenerationError(f"{type(model).__name__} is not a Llama-architecture model.")
     return fast

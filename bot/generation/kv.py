@@ -1,0 +1,83 @@
+"""The KV cache of every row the engine decodes: one preallocated slab, a slot per row,
+so a row joining or leaving copies at most its own keys and values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from bot.generation.llama import LlamaConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Tokens of one row in a forward pass: `count` tokens at positions `start`…,
+    written into the row's slot; attention sees the row's cache up to each token."""
+
+    slot: int
+    start: int
+    count: int
+
+
+class KVSlab:
+    """The KV cache of every row: per layer, one tensor (2, slots, kv_heads, capacity,
+    head_dim), keys then values. A row lives in one slot from position 0; it grows in
+    capacity steps (reallocated, rows copied) and is freed whole when the engine is idle.
+
+    One tensor per layer, not one for all: growing reallocates a layer at a time, so
+    the old and the new slab are never held whole at once; and it grows by 128
+    positions, so every slot wastes less (the serving process's peak memory with each
+    choice is in the benchmark docs)."""
+
+    STEP = 128
+
+    def __init__(
+        self, config: LlamaConfig, slots: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
+        self.config = config
+        self.slots = slots
+        self.dtype = dtype
+        self.device = device
+        self.layers: list[torch.Tensor] = []
+        self.capacity = 0
+
+    def ensure(self, length: int) -> None:
+        """Room for `length` positions in every slot."""
+        if length <= self.capacity:
+            return
+        capacity = min(-(-length // self.STEP) * self.STEP, max(length, self.config.context_length))
+        c = self.config
+        shape = (2, self.slots, c.kv_heads, capacity, c.head_dim)
+        grown = len(self.layers) == c.layers
+        for i in range(c.layers):
+            data = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if grown:
+                data[..., : self.capacity, :] = self.layers[i]
+                self.layers[i] = data  # the old layer is freed here
+            else:
+                self.layers.append(data)
+        self.capacity = capacity
+
+    def release(self) -> None:
+        self.layers, self.capacity = [], 0
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy a row's first `length` positions to another slot."""
+        for data in self.layers:
+            data[:, target, :, :length] = data[:, source, :, :length]
+
+    def read(self, slot: int, length: int) -> torch.Tensor:
+        """A copy of a row's first `length` positions: (layers, 2, kv_heads, length,
+        head_dim)."""
+        return torch.stack([data[:, slot, :, :length] for data in self.layers])
+
+    def write(self, slot: int, states: torch.Tensor, length: int | None = None) -> None:
+        """Put `states` (as `read` returns them), or their first `length` positions,
+        into a slot."""
+        length = states.shape[3] if length is None else length
+        self.ensure(length)
+        for data, layer in zip(self.layers, states, strict=True):
+            data[:, slot, :, :length] = layer[:, :, :length]
