@@ -17,11 +17,11 @@ from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from memory import profile as fact_rules
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, TasteItem, Turn
@@ -97,7 +97,7 @@ class MemoryStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         keys: Keys | None = None,
         max_turns: int = 500,
@@ -121,7 +121,7 @@ class MemoryStore:
         self.learner: TasteLearner | None = None
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> RedisClient:
         """The Redis client, for what shares the connection (the catalog, trivia)."""
         return self._redis
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.media.catalog import Catalog, Title, fold
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable
 
@@ -275,7 +275,7 @@ class Library:
     `mb:{catalog}:meta` (version, source, count, imported_at)."""
 
     def __init__(
-        self, client: Redis, keys: Keys | None = None, *, fixed: Catalog | None = None
+        self, client: RedisClient, keys: Keys | None = None, *, fixed: Catalog | None = None
     ) -> None:
         """`fixed` serves one catalog as it is, never reloaded (tests, benchmarks)."""
         self._redis = client

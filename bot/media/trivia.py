@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.media.catalog import Catalog, Title, fold, genre_concept
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
@@ -198,7 +198,7 @@ class Answer:
 class Trivia:
     """Questions, answers and leaderboards in Redis."""
 
-    def __init__(self, client: Redis, keys: Keys, *, seconds: float = 30.0) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, *, seconds: float = 30.0) -> None:
         self._redis = client
         self.keys = keys
         self.seconds = seconds

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
@@ -121,7 +121,7 @@ class Moderation:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: Keys | None = None,
         *,
         defaults: GuildPolicy | None = None,
