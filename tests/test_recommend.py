@@ -32,7 +32,15 @@ from bot.moderation.moderator import Moderator
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
-from tests.conftest import RecordingSink, ScriptedGenerator, make_settings, model_settings
+from tests.conftest import (
+    REDIS_CLUSTER,
+    RecordingSink,
+    ScriptedGenerator,
+    make_settings,
+    model_settings,
+)
+
+pytestmark = REDIS_CLUSTER
 
 SCOPE = Scope("g1")
 
