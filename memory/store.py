@@ -442,10 +442,14 @@ class MemoryStore:
         """Delete everything stored about this user in every scope; returns the number
         of turns deleted."""
         index = self.keys.index(user_id)
+        # Only the user's own keys are passed: they share the index's hash tag, so the
+        # script keeps to one cluster slot whatever an index was made to hold.
+        own = self.keys.user_tag(user_id) + ":"
         for _ in range(FORGET_RETRIES):
             try:
                 members = sorted(_text(m) for m in await self._redis.smembers(index))  # type: ignore[misc]
-                result = int(await self._forget(keys=[index, *members], args=[len(members)]))
+                mine = [m for m in members if m.startswith(own)]
+                result = int(await self._forget(keys=[index, *mine], args=[len(members)]))
             except RedisError as exc:
                 raise MemoryUnavailable(str(exc)) from exc
             if result >= 0:

@@ -192,6 +192,19 @@ async def test_forget_script_refuses_a_stale_index(store: MemoryStore, keys: Key
     assert len((await store.load(DM, "u1", token_budget=100)).turns) == 2
 
 
+async def test_forget_deletes_only_the_users_own_keys_whatever_the_index_holds(
+    store: MemoryStore, redis_client: RedisClient, keys: Keys
+) -> None:
+    await store.append(DM, "u1", *exchange(1))
+    await store.append(DM, "u2", *exchange(2))
+    # A foreign key in u1's index (nothing the bot writes puts one there) is neither
+    # deleted nor passed to the script, whose keys must keep to u1's cluster slot.
+    await redis_client.sadd(keys.index("u1"), keys.scope_key("u2", DM, "turn"))  # type: ignore[misc]
+    assert await store.forget("u1") == 2
+    assert await user_keys(redis_client, keys, "u1") == []
+    assert len((await store.load(DM, "u2", token_budget=100)).turns) == 2
+
+
 async def test_reset_clears_one_scope_only(store: MemoryStore) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     await store.append(DM, "u1", *exchange(2))
