@@ -57,6 +57,7 @@ def _site(summary: traceback.FrameSummary) -> str:
 class Registered:
     name: str  # memory/lua/<name>.lua, or inline@<file> for a script written in Python
     where: traceback.FrameSummary
+    script: AsyncScript  # held, so that no later script reuses its id()
     calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # site, keys
 
 
@@ -81,7 +82,7 @@ class Recorder:
             body = text.decode() if isinstance(text, bytes) else str(text)
             where = _caller()
             name = recorder._by_text.get(body) or f"inline@{_ours(where.filename)}"
-            recorder.scripts[id(script)] = Registered(name, where)
+            recorder.scripts[id(script)] = Registered(name, where, script)
 
         async def recording_call(script: AsyncScript, keys: Any = None, **kw: Any) -> Any:
             names = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in keys or ())
