@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 from redis.commands.core import AsyncScript
 
@@ -215,3 +216,17 @@ def test_the_code_runs_no_multi_exec_transactions() -> None:
                 if banned.search(line):
                     found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert found == []
+
+
+async def test_scan_visits_every_master(redis_client: RedisClient, keys: Keys) -> None:
+    """SCAN on one node sees that node's keys only; redis-py's cluster scan_iter walks
+    every master, which the test cleanup (the `keys` fixture) and the benchmarks'
+    cleanups rely on. Forget needs no scan: it reads the user's index."""
+    assert isinstance(redis_client, RedisCluster)
+    names = {f"{keys.user_tag(str(n))}:k" for n in range(30)}
+    for name in names:
+        await redis_client.set(name, 1, ex=60)
+    owners = {redis_client.get_node_from_key(name).name for name in names}
+    assert len(owners) == 3  # the keys sit on every master
+    found = {k.decode() async for k in redis_client.scan_iter(match=f"{keys.prefix}:*", count=5)}
+    assert found == names
