@@ -37,8 +37,9 @@ MAX_SOCKET_PATH = 100
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # What every part of the bot is handed: one server or a cluster. Both take the same
-# commands; on a cluster each script and transaction must keep to one hash slot
-# (see memory/keys.py), which tests/test_cluster.py checks at every call site.
+# commands; on a cluster each script must keep to one hash slot (see memory/keys.py),
+# which tests/test_cluster.py checks at every call site, and docs/scaling.md says why
+# the code uses no transactions.
 RedisClient: TypeAlias = Redis | RedisCluster
 
 
