@@ -32,7 +32,7 @@ from bot.settings import (
 from memory.connection import EmbeddedRedis, RedisClient, client_for_url
 from memory.keys import Keys
 from memory.store import MemoryStore
-from tests.redis_cluster import local_cluster
+from tests.redis_cluster import LocalCluster
 
 
 def model_settings() -> ModelSettings:
@@ -74,9 +74,15 @@ async def single_redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
 @pytest.fixture(scope="session")
 def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Redis Cluster of three masters, started for the first test that asks for
-    one and stopped at the end of the session."""
-    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
-        yield url
+    one and stopped at the end of the session. The nodes count every CROSSSLOT reply:
+    one that a caller caught and hid (as memory degrades quietly) still fails the run."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+        crossslot = cluster.errors("CROSSSLOT")
+    finally:
+        cluster.stop()
+    assert crossslot == 0, f"the cluster answered CROSSSLOT {crossslot} times in this run"
 
 
 @pytest.fixture

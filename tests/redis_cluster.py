@@ -158,6 +158,15 @@ class LocalCluster:
             time.sleep(POLL_S)
         raise RuntimeError(f"timed out waiting for {what}")
 
+    def errors(self, code: str) -> int:
+        """How many replies with this error code (CROSSSLOT, MOVED…) the nodes sent."""
+        total = 0
+        for port in self.ports:
+            with redis.Redis(port=port, socket_timeout=5) as r:
+                stats = r.info("errorstats")
+            total += int(stats.get(f"errorstat_{code}", {}).get("count", 0))
+        return total
+
     def stop(self) -> None:
         """SIGTERM each node and wait; nothing is saved (the data is the tests')."""
         procs, self._procs = self._procs, []
