@@ -18,14 +18,16 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.typing import EncodableT
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,22 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+class Cluster(RedisCluster):
+    """A RedisCluster that says "no node answers" with a ConnectionError, as a single
+    server's client does. redis-py raises a bare RedisClusterException then, which is
+    no RedisError: every part that carries on without memory when Redis is gone
+    catches RedisError, and would instead fail the reply. Other RedisClusterExceptions
+    (keys of two slots in one script) are mistakes in the code and stay as they are."""
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            if isinstance(exc.__cause__, (RedisError, OSError)):
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+
 def is_cluster_url(url: str) -> bool:
     return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
@@ -75,7 +93,7 @@ def client_for_url(
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
     scheme, _, rest = url.partition("://")
     if scheme.lower() in CLUSTER_SCHEMES:
-        return RedisCluster.from_url(
+        return Cluster.from_url(
             f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}",
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,

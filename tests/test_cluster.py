@@ -26,7 +26,9 @@ from bot.moderation.ratelimit import Limits, RateLimiter
 from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.records import Summary, TasteItem, Turn
-from memory.store import MemoryStore, load_script
+from memory.store import MemoryStore, MemoryUnavailable, load_script
+from tests.conftest import connect
+from tests.redis_cluster import LocalCluster
 from tests.test_catalog import DATA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,3 +232,26 @@ async def test_scan_visits_every_master(redis_client: RedisClient, keys: Keys) -
     assert len(owners) == 3  # the keys sit on every master
     found = {k.decode() async for k in redis_client.scan_iter(match=f"{keys.prefix}:*", count=5)}
     assert found == names
+
+
+async def test_a_cluster_gone_mid_run_is_memory_unavailable_as_one_server_is(
+    tmp_path: Path,
+) -> None:
+    """With no node answering, redis-py's cluster client raises RedisClusterException,
+    which is no RedisError; the bot's client turns it into a ConnectionError, so memory
+    reads and writes fail with MemoryUnavailable and replies go on without memory."""
+    own = LocalCluster(tmp_path)  # not the session's cluster: this one is stopped
+    try:
+        client = await connect(own.start())
+        store = MemoryStore(client, keys=Keys("mbt-gone"))
+        said = Turn(role="user", text="hi", time=time.time(), message_id="m1", tokens=1)
+        reply = Turn(role="assistant", text="hello", time=time.time(), tokens=1)
+        await store.append(Scope(None), "u1", said, reply)
+        own.stop()
+        with pytest.raises(MemoryUnavailable):
+            await store.load(Scope(None), "u1", token_budget=100)  # a script
+        with pytest.raises(MemoryUnavailable):
+            await store.summary(Scope(None), "u1")  # a plain command
+        await client.aclose()
+    finally:
+        own.stop()
