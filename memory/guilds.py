@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable
 
@@ -12,7 +12,7 @@ from memory.store import MemoryUnavailable
 class GuildConfig:
     """Chat channels (no mention needed) and the persona of each channel."""
 
-    def __init__(self, client: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         self._redis = client
         self.keys = keys or Keys()
 

@@ -17,11 +17,11 @@ from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from memory import profile as fact_rules
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, TasteItem, Turn
@@ -97,7 +97,7 @@ class MemoryStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         keys: Keys | None = None,
         max_turns: int = 500,
@@ -118,10 +118,12 @@ class MemoryStore:
         self._unlock: AsyncScript = client.register_script(_UNLOCK)
         self._taste_set: AsyncScript = client.register_script(load_script("taste_set"))
         self._taste_remove: AsyncScript = client.register_script(load_script("taste_remove"))
+        self._history: AsyncScript = client.register_script(load_script("history"))
+        self._story_set: AsyncScript = client.register_script(load_script("story_set"))
         self.learner: TasteLearner | None = None
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> RedisClient:
         """The Redis client, for what shares the connection (the catalog, trivia)."""
         return self._redis
 
@@ -402,14 +404,12 @@ class MemoryStore:
     async def history(self, scope: Scope, user_id: str) -> list[dict[str, Any]]:
         """Every record stored in one scope, oldest first, unreadable ones included
         as their raw text (it is still the user's data)."""
+        keys = [self.keys.scope_key(user_id, scope, k) for k in ("turn", "turns")]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.keys.scope_key(user_id, scope, "turn"))
-                pipe.zrange(self.keys.scope_key(user_id, scope, "turns"), 0, -1)
-                records, order = await pipe.execute()
+            *records, order = await self._history(keys=keys, args=[])
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
-        by_id = {_text(k): _text(v) for k, v in records.items()}
+        by_id = {_text(records[i]): _text(records[i + 1]) for i in range(0, len(records), 2)}
         ordered = [_text(i) for i in order if _text(i) in by_id]
         ordered += sorted(set(by_id) - set(ordered), key=lambda s: (len(s), s))
         return [self._export_entry(tid, by_id[tid]) for tid in ordered]
@@ -442,10 +442,14 @@ class MemoryStore:
         """Delete everything stored about this user in every scope; returns the number
         of turns deleted."""
         index = self.keys.index(user_id)
+        # Only the user's own keys are passed: they share the index's hash tag, so the
+        # script keeps to one cluster slot whatever an index was made to hold.
+        own = self.keys.user_tag(user_id) + ":"
         for _ in range(FORGET_RETRIES):
             try:
                 members = sorted(_text(m) for m in await self._redis.smembers(index))  # type: ignore[misc]
-                result = int(await self._forget(keys=[index, *members], args=[len(members)]))
+                mine = [m for m in members if m.startswith(own)]
+                result = int(await self._forget(keys=[index, *mine], args=[len(members)]))
             except RedisError as exc:
                 raise MemoryUnavailable(str(exc)) from exc
             if result >= 0:
@@ -509,16 +513,9 @@ class MemoryStore:
     async def set_story(self, scope: Scope, user_id: str, state: str | None) -> None:
         """Save (or with None, end) the story in progress; it is part of the user's
         memory, so /export shows it and /forget deletes it."""
-        key = self.keys.scope_key(user_id, scope, "story")
+        keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "story")]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if state is None:
-                    pipe.delete(key)
-                    pipe.srem(self.keys.index(user_id), key)
-                else:
-                    pipe.set(key, state, ex=self.retention_seconds or None)
-                    pipe.sadd(self.keys.index(user_id), key)
-                await pipe.execute()
+            await self._story_set(keys=keys, args=[state or "", self.retention_seconds or 0])
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
 

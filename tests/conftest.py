@@ -1,6 +1,7 @@
 """Shared fixtures: a real Redis (REDIS_URL, else an embedded server started here), a
-key prefix per test that is deleted afterwards, and the real embedded model, converted
-and measured in a model cache of the test session's own."""
+key prefix per test that is deleted afterwards, a local Redis Cluster for the modules
+marked to run on one too, and the real embedded model, converted and measured in a
+model cache of the test session's own."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from bot.generation.base import GenerationError
 from bot.generation.local import LocalGenerator
@@ -32,9 +33,10 @@ from bot.settings import (
     RedisSettings,
     Settings,
 )
-from memory.connection import EmbeddedRedis
+from memory.connection import EmbeddedRedis, RedisClient, client_for_url
 from memory.keys import Keys
 from memory.store import MemoryStore
+from tests.redis_cluster import LocalCluster
 
 _session_cache: list[Path] = []  # the session's model cache, once `model_cache` made it
 
@@ -79,8 +81,28 @@ def model_settings() -> ModelSettings:
     return ModelSettings(cache_dir=_session_cache[0])
 
 
+# A module with `pytestmark = REDIS_CLUSTER` runs each test that uses Redis twice: on one
+# server and on a local three-master Redis Cluster, so a script or transaction whose keys
+# leave one hash slot fails here (CROSSSLOT) and not in a deployment.
+REDIS_CLUSTER = pytest.mark.redis_cluster
+REDIS_KINDS = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    node = metafunc.definition
+    # Tests marked `model` run the real model at length (minutes): twice would double
+    # that, and their Redis calls are the call sites that the other tests of the module
+    # and tests/test_cluster.py already run on the cluster.
+    if (
+        "redis_url" in metafunc.fixturenames
+        and node.get_closest_marker("redis_cluster") is not None
+        and node.get_closest_marker("model") is None
+    ):
+        metafunc.parametrize("redis_url", REDIS_KINDS, indirect=True)
+
+
 @pytest.fixture(scope="session")
-async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def single_redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
@@ -90,17 +112,47 @@ async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
     await server.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Redis Cluster of three masters, started for the first test that asks for
+    one and stopped at the end of the session. The nodes count every CROSSSLOT reply:
+    one that a caller caught and hid (as memory degrades quietly) still fails the run."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+        crossslot = cluster.errors("CROSSSLOT")
+    finally:
+        cluster.stop()
+    assert crossslot == 0, f"the cluster answered CROSSSLOT {crossslot} times in this run"
+
+
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The single server, or the cluster where a module runs on both (see above)."""
+    kind = getattr(request, "param", "single")
+    return str(request.getfixturevalue(f"{kind}_redis_url"))
+
+
+async def connect(url: str) -> RedisClient:
+    """A client for a test's URL, ready for concurrent use: a `RedisCluster` for a
+    cluster URL, which (as in `open_redis`) learns the cluster's layout first."""
+    client = client_for_url(url)
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[RedisClient]:
+    client = await connect(redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def keys(redis_client: Redis) -> AsyncIterator[Keys]:
+async def keys(redis_client: RedisClient) -> AsyncIterator[Keys]:
     """A key prefix of this test's own; every key under it is deleted afterwards, and
-    nothing else on a shared server is touched."""
+    nothing else on a shared server is touched. On a cluster SCAN walks every master."""
     prefix = "mbt" + uuid.uuid4().hex[:12]
     yield Keys(prefix)
     async for key in redis_client.scan_iter(match=f"{prefix}:*", count=500):
@@ -108,7 +160,7 @@ async def keys(redis_client: Redis) -> AsyncIterator[Keys]:
 
 
 @pytest.fixture
-def store(redis_client: Redis, keys: Keys) -> MemoryStore:
+def store(redis_client: RedisClient, keys: Keys) -> MemoryStore:
     return MemoryStore(redis_client, keys=keys, max_turns=500, retention_seconds=3600)
 
 
@@ -173,7 +225,7 @@ def classifier() -> OffensiveClassifier:
 
 
 @pytest.fixture
-def moderator(redis_client: Redis, keys: Keys, classifier: OffensiveClassifier) -> Moderator:
+def moderator(redis_client: RedisClient, keys: Keys, classifier: OffensiveClassifier) -> Moderator:
     """Real moderation on this test's keys, with the settings' defaults."""
     settings = make_settings(keys)
     moderation = Moderation(redis_client, keys, defaults=default_policy(settings))

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from bot.media.catalog import Catalog, concept_of, genre_concept, genre_words
 from bot.media.library import CatalogFileError, Library, parse_file, parse_mapping
 from bot.settings import DEFAULT_TITLES
+from memory.connection import RedisClient
 from memory.keys import Keys
+from tests.conftest import REDIS_CLUSTER
+
+pytestmark = REDIS_CLUSTER
 
 DATA = Path(__file__).parent / "data" / "catalogs"
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +132,7 @@ def test_titles_spotted_in_text(catalog: Catalog) -> None:
 
 
 async def test_library_stores_once_and_reimport_is_idempotent(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     library = Library(redis_client, keys)
     titles, _ = parse_file(DATA / "games.csv", parse_mapping(["type=Platform Kind"]))
@@ -147,7 +150,7 @@ async def test_library_stores_once_and_reimport_is_idempotent(
 
 
 async def test_library_seeds_the_default_once_and_reloads_on_import(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     library = Library(redis_client, keys)
     catalog = await library.ensure(DATA / "games.csv")
@@ -163,28 +166,21 @@ async def test_library_seeds_the_default_once_and_reloads_on_import(
     assert len(await library.load()) == 7
 
 
-def test_import_command(tmp_path: Path, redis_url: str) -> None:
-    prefix = "mbt" + os.urandom(6).hex()
-    env = {**os.environ, "REDIS_URL": redis_url, "MEMORY_KEY_PREFIX": prefix}
+def test_import_command(tmp_path: Path, redis_url: str, keys: Keys) -> None:
+    # The `keys` fixture deletes what the command wrote under this prefix.
+    env = {**os.environ, "REDIS_URL": redis_url, "MEMORY_KEY_PREFIX": keys.prefix}
     cmd = [sys.executable, "-m", "bot", "import-catalog", str(DATA / "books.json"),
            "--map", "directors=authors", "--type", "Book"]  # fmt: skip
-    try:
-        first = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                               timeout=120, check=False)  # fmt: skip
-        assert first.returncode == 0, first.stderr
-        assert "3 titles read, 2 rows skipped (1 malformed, 1 no title)" in first.stderr
-        assert "3 new" in first.stderr
-        second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                                timeout=120, check=False)  # fmt: skip
-        assert "0 new, 3 already there" in second.stderr
-        bad = subprocess.run(
-            [sys.executable, "-m", "bot", "import-catalog", str(tmp_path / "none.csv")],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert bad.returncode == 2 and "Could not read" in bad.stderr
-    finally:
-        cleanup = (
-            "import redis,sys; r=redis.Redis.from_url(sys.argv[1]); "
-            "[r.delete(k) for k in r.scan_iter(match=sys.argv[2] + ':*')]"
-        )
-        subprocess.run([sys.executable, "-c", cleanup, redis_url, prefix], check=True)
+    first = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, check=False)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "3 titles read, 2 rows skipped (1 malformed, 1 no title)" in first.stderr
+    assert "3 new" in first.stderr
+    second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert "0 new, 3 already there" in second.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "bot", "import-catalog", str(tmp_path / "none.csv")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Could not read" in bad.stderr

@@ -8,7 +8,6 @@ import json
 import random
 
 import pytest
-from redis.asyncio import Redis
 
 from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator
@@ -16,10 +15,13 @@ from bot.media.catalog import Catalog
 from bot.media.library import Library, parse_file
 from bot.media.story import GENRES, STOCK_CHOICES, Stories, StoryState, parse_scene
 from bot.media.trivia import KINDS, Trivia, is_correct, make_question
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import ScriptedGenerator
+from tests.conftest import REDIS_CLUSTER, ScriptedGenerator, connect
 from tests.test_catalog import DATA
+
+pytestmark = REDIS_CLUSTER
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -40,7 +42,7 @@ def test_small_catalogs_still_make_questions() -> None:
     assert is_correct(small, q, q.answer)
 
 
-async def test_one_answer_each_and_late_answers_refused(redis_client: Redis, keys: Keys,
+async def test_one_answer_each_and_late_answers_refused(redis_client: RedisClient, keys: Keys,
                                                        catalog: Catalog) -> None:  # fmt: skip
     trivia = Trivia(redis_client, keys, seconds=30)
     q = make_question(catalog, random.Random(5), "year")
@@ -66,7 +68,7 @@ async def test_leaderboard_is_atomic_under_50_concurrent_answers(
 ) -> None:
     """50 members answer 4 questions at once, each on their own connection: every right
     answer counts exactly once, a second answer never does."""
-    clients = [Redis.from_url(redis_url) for _ in range(10)]
+    clients = [await connect(redis_url) for _ in range(10)]
     try:
         trivias = [Trivia(c, keys, seconds=60) for c in clients]
         questions = [make_question(catalog, random.Random(n)) for n in range(4)]
@@ -118,14 +120,14 @@ async def test_story_survives_a_restart(redis_url: str, keys: Keys,
     scene = ["The ship drifts past a dead moon.\n", "1. Wake the crew\n", "2. Read the log\n"]
     params = GenerationParams(max_new_tokens=60)
     scope = Scope("g5")
-    first = Redis.from_url(redis_url)
+    first = await connect(redis_url)
     stories = Stories(MemoryStore(first, keys=keys), ScriptedGenerator(generator, scene),
                       params=params)  # fmt: skip
     state = await stories.start(scope, "u1", "sci-fi")
     assert (state.step, state.choices) == (1, ["Wake the crew", "Read the log"])
     await first.aclose()  # the bot stops
 
-    second = Redis.from_url(redis_url)  # a new process: nothing kept in memory
+    second = await connect(redis_url)  # a new process: nothing kept in memory
     try:
         store = MemoryStore(second, keys=keys)
         scene2 = ["You open the log.\n1. Read on\n", "2. Close it\n"]
@@ -162,7 +164,7 @@ async def test_a_story_with_the_real_model(store: MemoryStore,
     assert isinstance(moved, StoryState) and moved.step == 2
 
 
-async def test_library_serves_a_fixed_catalog(redis_client: Redis, keys: Keys,
+async def test_library_serves_a_fixed_catalog(redis_client: RedisClient, keys: Keys,
                                               catalog: Catalog) -> None:  # fmt: skip
     library = Library(redis_client, keys, fixed=catalog)
     assert await library.current(every=0) is catalog

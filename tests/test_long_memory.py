@@ -8,17 +8,20 @@ import time
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from bot.generation.base import GenerationParams, GeneratorBusy
 from bot.generation.local import LocalGenerator
 from bot.upkeep import Upkeep, summary_lines
 from memory import profile
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, rank, terms
 from memory.records import Summary, Turn
 from memory.store import MemoryStore, UpkeepBusy
 from memory.window import WindowPolicy, assemble_window
+from tests.conftest import REDIS_CLUSTER
+
+pytestmark = REDIS_CLUSTER
 
 GUILD = Scope("42")
 OTHER = Scope("43")
@@ -231,7 +234,7 @@ async def test_upkeep_is_serialised_and_never_overwrites_a_newer_summary(
 
 
 async def test_forget_removes_recall_index_summary_and_profile(
-    store: MemoryStore, generator: LocalGenerator, redis_client: Redis, keys: Keys
+    store: MemoryStore, generator: LocalGenerator, redis_client: RedisClient, keys: Keys
 ) -> None:
     await summarised(store, generator, 12)
     await chat(store, generator, OTHER, "u1", ["My name is Ada."])
@@ -336,7 +339,7 @@ async def test_replies_schedule_upkeep_that_folds_old_turns(
 
 
 async def test_the_memory_benchmark_runs_and_cleans_up(
-    store: MemoryStore, generator: LocalGenerator, redis_client: Redis, keys: Keys
+    store: MemoryStore, generator: LocalGenerator, redis_client: RedisClient, keys: Keys
 ) -> None:
     from bot.bench_memory import report, run
 
@@ -364,7 +367,7 @@ async def test_the_benchmark_compares_embedding_recall(
 
 
 async def test_the_recall_index_follows_trims_deletes_and_edits(
-    redis_client: Redis, keys: Keys, generator: LocalGenerator
+    redis_client: RedisClient, keys: Keys, generator: LocalGenerator
 ) -> None:
     store = MemoryStore(redis_client, keys=keys, max_turns=6)
     texts = ["my sister Ingrid", "my brother Tobias", "my cousin Yuki", "my aunt Margot"]

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from bot import assistant as pipeline
 from bot.assistant import Assistant, ReplyRequest
@@ -18,11 +17,13 @@ from bot.generation.local import LocalGenerator
 from bot.moderation import moderator as mod
 from bot.moderation.moderator import ModerationEvent, Moderator, OutputGuard, Where
 from bot.moderation.policy import GuildPolicy, Moderation
-from memory.connection import client_for_url
+from memory.connection import RedisClient, client_for_url
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import ScriptedGenerator, make_settings
+from tests.conftest import REDIS_CLUSTER, ScriptedGenerator, make_settings
 from tests.test_assistant import RecordingSink
+
+pytestmark = REDIS_CLUSTER
 
 GUILD = "555"
 CHANNEL = "777"
@@ -84,7 +85,7 @@ async def stored_turns(store: MemoryStore, user: str = "u1") -> list[str]:
 
 
 async def test_a_server_without_a_policy_gets_the_defaults_and_stores_only_changes(
-    moderator: Moderator, redis_client: Redis, keys: Keys
+    moderator: Moderator, redis_client: RedisClient, keys: Keys
 ) -> None:
     moderation = moderator.moderation
     assert moderation is not None
@@ -126,7 +127,7 @@ async def test_concurrent_admin_changes_all_land(moderator: Moderator) -> None:
 
 
 async def test_a_damaged_policy_reads_as_the_defaults_not_as_off(
-    moderator: Moderator, redis_client: Redis, keys: Keys
+    moderator: Moderator, redis_client: RedisClient, keys: Keys
 ) -> None:
     moderation = moderator.moderation
     assert moderation is not None
@@ -140,7 +141,7 @@ async def test_a_damaged_policy_reads_as_the_defaults_not_as_off(
 
 
 async def test_strikes_decay_and_a_cool_down_starts_at_the_limit(
-    moderator: Moderator, redis_client: Redis, keys: Keys
+    moderator: Moderator, redis_client: RedisClient, keys: Keys
 ) -> None:
     moderation = moderator.moderation
     assert moderation is not None
@@ -164,7 +165,7 @@ async def test_strikes_decay_and_a_cool_down_starts_at_the_limit(
     assert strike.count == 5 and strike.cooldown_left == 0
 
 
-async def test_the_log_stream_is_bounded(redis_client: Redis, keys: Keys) -> None:
+async def test_the_log_stream_is_bounded(redis_client: RedisClient, keys: Keys) -> None:
     moderation = Moderation(redis_client, keys, log_max=10)
     for i in range(25):
         await moderation.record(GUILD, {"rule": "test", "n": str(i)})

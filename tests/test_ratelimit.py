@@ -7,22 +7,23 @@ import asyncio
 import dataclasses
 import re
 
-from redis.asyncio import Redis
-
 from bot import assistant as pipeline
 from bot.assistant import Assistant
 from bot.generation.local import LocalGenerator
 from bot.moderation.ratelimit import Decision, Limits, RateLimiter
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from tests.conftest import ScriptedGenerator, make_settings
+from tests.conftest import REDIS_CLUSTER, ScriptedGenerator, connect, make_settings
 from tests.test_assistant import RecordingSink, request
+
+pytestmark = REDIS_CLUSTER
 
 
 async def test_exactly_the_burst_passes_out_of_100_concurrent_callers(
     redis_url: str, keys: Keys
 ) -> None:
-    clients = [Redis.from_url(redis_url) for _ in range(20)]
+    clients = [await connect(redis_url) for _ in range(20)]
     try:
         limiters = [
             RateLimiter(c, Limits(user_per_minute=0.01, user_burst=10), keys) for c in clients
@@ -37,7 +38,7 @@ async def test_exactly_the_burst_passes_out_of_100_concurrent_callers(
 
 
 async def test_a_bucket_refills_at_its_rate_and_expires_when_full(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     limiter = RateLimiter(redis_client, Limits(user_per_minute=600, user_burst=1), keys)
     assert (await limiter.take("u1", None)).allowed
@@ -50,7 +51,7 @@ async def test_a_bucket_refills_at_its_rate_and_expires_when_full(
 
 
 async def test_a_busy_server_is_limited_without_spending_its_members_allowance(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     limiter = RateLimiter(
         redis_client,
@@ -67,7 +68,7 @@ async def test_a_busy_server_is_limited_without_spending_its_members_allowance(
 
 
 async def test_the_pipeline_says_when_to_come_back_and_stores_nothing(
-    store: MemoryStore, keys: Keys, generator: LocalGenerator, redis_client: Redis
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, redis_client: RedisClient
 ) -> None:
     limiter = RateLimiter(redis_client, Limits(user_per_minute=0.01, user_burst=1), keys)
     bot = Assistant(settings=make_settings(keys), memory=store,

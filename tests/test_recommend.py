@@ -33,12 +33,15 @@ from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
 from tests.conftest import (
+    REDIS_CLUSTER,
     RecordingSink,
     ScriptedGenerator,
     make_settings,
     model_settings,
     pin_ways,
 )
+
+pytestmark = REDIS_CLUSTER
 
 SCOPE = Scope("g1")
 

@@ -9,11 +9,14 @@ import logging
 import time
 
 import pytest
-from redis.asyncio import Redis
 
+from memory.connection import RedisClient
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
+from tests.conftest import REDIS_CLUSTER, connect
+
+pytestmark = REDIS_CLUSTER
 
 GUILD_A = Scope("111")
 GUILD_B = Scope("222")
@@ -29,7 +32,7 @@ def exchange(n: int, *, tokens: int = 3, msg: str | None = None) -> tuple[Turn, 
     return user, bot
 
 
-async def user_keys(client: Redis, keys: Keys, user: str) -> list[str]:
+async def user_keys(client: RedisClient, keys: Keys, user: str) -> list[str]:
     found = [k.decode() async for k in client.scan_iter(match=keys.user_tag(user) + ":*")]
     return sorted(found)
 
@@ -67,7 +70,7 @@ async def test_retried_append_with_the_same_message_id_stores_nothing(store: Mem
 
 async def test_fifty_concurrent_writers_never_split_an_exchange(redis_url: str, keys: Keys) -> None:
     # 50 writers, each with its own connection, as 50 bot processes would have.
-    clients = [Redis.from_url(redis_url) for _ in range(50)]
+    clients = [await connect(redis_url) for _ in range(50)]
     try:
         stores = [MemoryStore(c, keys=keys, max_turns=1000) for c in clients]
         results = await asyncio.gather(
@@ -88,7 +91,7 @@ async def test_fifty_concurrent_writers_never_split_an_exchange(redis_url: str, 
 async def test_fifty_concurrent_retries_of_one_message_store_it_once(
     redis_url: str, keys: Keys
 ) -> None:
-    clients = [Redis.from_url(redis_url) for _ in range(50)]
+    clients = [await connect(redis_url) for _ in range(50)]
     try:
         stores = [MemoryStore(c, keys=keys) for c in clients]
         results = await asyncio.gather(
@@ -103,7 +106,7 @@ async def test_fifty_concurrent_retries_of_one_message_store_it_once(
 
 
 async def test_every_key_gets_the_retention_ttl(
-    store: MemoryStore, redis_client: Redis, keys: Keys
+    store: MemoryStore, redis_client: RedisClient, keys: Keys
 ) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     found = await user_keys(redis_client, keys, "u1")
@@ -114,7 +117,7 @@ async def test_every_key_gets_the_retention_ttl(
         assert 3590 < ttl <= 3600, key
 
 
-async def test_keys_expire_after_the_retention_time(redis_client: Redis, keys: Keys) -> None:
+async def test_keys_expire_after_the_retention_time(redis_client: RedisClient, keys: Keys) -> None:
     store = MemoryStore(redis_client, keys=keys, retention_seconds=1)
     await store.append(GUILD_A, "u1", *exchange(1))
     assert await user_keys(redis_client, keys, "u1")
@@ -123,7 +126,7 @@ async def test_keys_expire_after_the_retention_time(redis_client: Redis, keys: K
 
 
 async def test_zero_retention_keeps_keys_forever_even_after_a_ttl(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     await MemoryStore(redis_client, keys=keys, retention_seconds=60).append(DM, "u1", *exchange(1))
     await MemoryStore(redis_client, keys=keys, retention_seconds=None).append(
@@ -134,7 +137,7 @@ async def test_zero_retention_keeps_keys_forever_even_after_a_ttl(
 
 
 async def test_trim_keeps_the_newest_turns_and_drops_their_message_ids(
-    redis_client: Redis, keys: Keys
+    redis_client: RedisClient, keys: Keys
 ) -> None:
     store = MemoryStore(redis_client, keys=keys, max_turns=6)
     for n in range(5):
@@ -160,7 +163,7 @@ async def test_scopes_are_isolated(store: MemoryStore) -> None:
 
 
 async def test_export_holds_every_scope_and_forget_removes_every_key(
-    store: MemoryStore, redis_client: Redis, keys: Keys
+    store: MemoryStore, redis_client: RedisClient, keys: Keys
 ) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     await store.append(GUILD_B, "u1", *exchange(2))
@@ -189,6 +192,19 @@ async def test_forget_script_refuses_a_stale_index(store: MemoryStore, keys: Key
     assert len((await store.load(DM, "u1", token_budget=100)).turns) == 2
 
 
+async def test_forget_deletes_only_the_users_own_keys_whatever_the_index_holds(
+    store: MemoryStore, redis_client: RedisClient, keys: Keys
+) -> None:
+    await store.append(DM, "u1", *exchange(1))
+    await store.append(DM, "u2", *exchange(2))
+    # A foreign key in u1's index (nothing the bot writes puts one there) is neither
+    # deleted nor passed to the script, whose keys must keep to u1's cluster slot.
+    await redis_client.sadd(keys.index("u1"), keys.scope_key("u2", DM, "turn"))  # type: ignore[misc]
+    assert await store.forget("u1") == 2
+    assert await user_keys(redis_client, keys, "u1") == []
+    assert len((await store.load(DM, "u2", token_budget=100)).turns) == 2
+
+
 async def test_reset_clears_one_scope_only(store: MemoryStore) -> None:
     await store.append(GUILD_A, "u1", *exchange(1))
     await store.append(DM, "u1", *exchange(2))
@@ -199,7 +215,7 @@ async def test_reset_clears_one_scope_only(store: MemoryStore) -> None:
 
 
 async def test_a_corrupt_record_is_skipped_and_logged_not_fatal(
-    store: MemoryStore, redis_client: Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+    store: MemoryStore, redis_client: RedisClient, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     await store.append(DM, "u1", *exchange(1))
     await store.append(DM, "u1", *exchange(2))
@@ -219,7 +235,7 @@ async def test_a_corrupt_record_is_skipped_and_logged_not_fatal(
 
 
 async def test_odd_user_ids_keep_keys_well_formed_and_separate(
-    store: MemoryStore, redis_client: Redis, keys: Keys
+    store: MemoryStore, redis_client: RedisClient, keys: Keys
 ) -> None:
     odd = ["a}b{c", "x:y", "sp ace", "ü😀", "%41", "A", "*", "u1:dm"]
     for n, user in enumerate(odd):

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.media.catalog import Catalog, Title, fold
+from memory.connection import RedisClient
 from memory.keys import Keys
-from memory.store import MemoryUnavailable
+from memory.store import MemoryUnavailable, load_script
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class Library:
     `mb:{catalog}:meta` (version, source, count, imported_at)."""
 
     def __init__(
-        self, client: Redis, keys: Keys | None = None, *, fixed: Catalog | None = None
+        self, client: RedisClient, keys: Keys | None = None, *, fixed: Catalog | None = None
     ) -> None:
         """`fixed` serves one catalog as it is, never reloaded (tests, benchmarks)."""
         self._redis = client
@@ -284,6 +284,8 @@ class Library:
         self._catalog: Catalog | None = fixed
         self._fixed = fixed is not None
         self._checked = 0.0
+        self._store = client.register_script(load_script("catalog_store"))
+        self._load = client.register_script(load_script("catalog_load"))
 
     @property
     def titles_key(self) -> str:
@@ -294,26 +296,15 @@ class Library:
         return self.keys.catalog_key("meta")
 
     async def store(self, titles: list[Title], *, source: str, replace: bool = False) -> int:
-        """Write titles in one transaction; returns how many were new. With `replace`,
-        titles not in this import go."""
+        """Write titles in one atomic script call; returns how many were new. With
+        `replace`, titles not in this import go."""
         try:
             existing = {x.decode() if isinstance(x, bytes) else x
                         for x in await self._redis.hkeys(self.titles_key)}  # type: ignore[misc]  # fmt: skip
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if replace:
-                    pipe.delete(self.titles_key)
-                for i in range(0, len(titles), 1000):
-                    chunk = titles[i : i + 1000]
-                    pipe.hset(
-                        self.titles_key,
-                        mapping={t.id: t.model_dump_json(exclude_defaults=True) for t in chunk},
-                    )
-                pipe.hset(
-                    self.meta_key,
-                    mapping={"source": source[:300], "imported_at": str(time.time())},
-                )
-                pipe.hincrby(self.meta_key, "version", 1)
-                await pipe.execute()
+            args = ["1" if replace else "0", source[:300], str(time.time())]
+            for t in titles:
+                args += [t.id, t.model_dump_json(exclude_defaults=True)]
+            await self._store(keys=[self.titles_key, self.meta_key], args=args)
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
         return len({t.id for t in titles} - existing)
@@ -334,15 +325,12 @@ class Library:
     async def load(self) -> Catalog:
         """Every stored title as an index; unreadable entries are skipped and logged."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(self.meta_key, "version")
-                pipe.hgetall(self.titles_key)
-                version, raw = await pipe.execute()
+            version, *raw = await self._load(keys=[self.meta_key, self.titles_key], args=[])
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
         titles = []
         bad = 0
-        for value in raw.values():
+        for value in raw[1::2]:
             try:
                 titles.append(Title.model_validate_json(value))
             except ValidationError:

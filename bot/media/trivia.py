@@ -7,8 +7,8 @@ option outside the genre). No model is involved.
 
 In Redis, per server: a question is a hash with its answer and deadline, the members
 who answered are a set beside it, and the leaderboard is a sorted set. One Lua script
-takes an answer: it refuses a second answer and a late one, and scores a right one,
-atomically (`memory/lua/trivia_answer.lua`).
+stores a question with its expiry; another takes an answer: it refuses a second answer
+and a late one, and scores a right one, atomically (`memory/lua/trivia_answer.lua`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.media.catalog import Catalog, Title, fold, genre_concept
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
@@ -198,11 +198,12 @@ class Answer:
 class Trivia:
     """Questions, answers and leaderboards in Redis."""
 
-    def __init__(self, client: Redis, keys: Keys, *, seconds: float = 30.0) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, *, seconds: float = 30.0) -> None:
         self._redis = client
         self.keys = keys
         self.seconds = seconds
         self._answer = client.register_script(load_script("trivia_answer"))
+        self._post = client.register_script(load_script("trivia_post"))
 
     def _guild(self, guild_id: str | None) -> str:
         return guild_id or "dm"
@@ -218,11 +219,11 @@ class Trivia:
             "options": json.dumps(q.options),
             "text": q.text,
         }
+        args: list[str | float | int] = [int(self.seconds) + 3600]
+        for name, value in record.items():
+            args += [name, value]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=record)  # type: ignore[arg-type]
-                pipe.expire(key, int(self.seconds) + 3600)
-                await pipe.execute()
+            await self._post(keys=[key], args=args)
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
         return deadline

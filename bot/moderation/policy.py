@@ -1,8 +1,9 @@
 """Each server's moderation policy and records, in Redis.
 
 The policy is a pydantic model. Redis holds only the fields a server's admins changed
-(one JSON string, changed under WATCH so two admins cannot undo each other); the rest
-comes from the settings, so changing a default reaches every server that kept it.
+(one JSON string, replaced by compare and set so two admins cannot undo each other);
+the rest comes from the settings, so changing a default reaches every server that kept
+it.
 Strikes, cool-downs, flood counters and generation slots are one Lua call each, and
 every moderation action is appended to a bounded Redis stream.
 """
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
@@ -121,7 +122,7 @@ class Moderation:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: Keys | None = None,
         *,
         defaults: GuildPolicy | None = None,
@@ -134,6 +135,7 @@ class Moderation:
         self._strike = client.register_script(load_script("strike"))
         self._flood = client.register_script(load_script("flood"))
         self._inflight = client.register_script(load_script("inflight"))
+        self._set_policy = client.register_script(load_script("policy_set"))
 
     # -- policy ----------------------------------------------------------------
 
@@ -158,37 +160,36 @@ class Moderation:
         """Apply `change` to the stored overrides and save them, validated; a
         ValueError (from the change or validation) leaves the policy as it was."""
         key = self.keys.guild_key(guild_id, "modpolicy")
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        stored: dict[str, Any] = {}
-                        if raw is not None:
-                            try:
-                                stored = dict(json.loads(raw))
-                            except ValueError:
-                                stored = {}
-                        change(stored)
-                        try:
-                            merged = self._merge(stored)
-                        except ValidationError as exc:
-                            raise ValueError(exc.errors()[0]["msg"]) from exc
-                        # Keep only what differs from the defaults.
-                        base = self.defaults.model_dump()
-                        kept = {k: v for k, v in merged.model_dump().items() if base.get(k) != v}
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        if kept:
-                            pipe.set(key, json.dumps(kept))
-                        else:
-                            pipe.delete(key)
-                        await pipe.execute()
-                        return merged
-                    except WatchError:
-                        continue
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
+        while True:
+            try:
+                raw = await self._redis.get(key)
+            except RedisError as exc:
+                raise MemoryUnavailable(str(exc)) from exc
+            stored: dict[str, Any] = {}
+            if raw is not None:
+                try:
+                    stored = dict(json.loads(raw))
+                except ValueError:
+                    stored = {}
+            change(stored)
+            try:
+                merged = self._merge(stored)
+            except ValidationError as exc:
+                raise ValueError(exc.errors()[0]["msg"]) from exc
+            # Keep only what differs from the defaults.
+            base = self.defaults.model_dump()
+            kept = {k: v for k, v in merged.model_dump().items() if base.get(k) != v}
+            # A script, not WATCH/MULTI: redis-py's asyncio cluster transactions send
+            # each command through a thread of its own (see docs/scaling.md).
+            try:
+                written = await self._set_policy(
+                    keys=[key],
+                    args=["0" if raw is None else "1", raw or "", json.dumps(kept) if kept else ""],
+                )
+            except RedisError as exc:
+                raise MemoryUnavailable(str(exc)) from exc
+            if int(written):
+                return merged
 
     # -- records about members -------------------------------------------------
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from memory.connection import RedisClient
 from memory.keys import Keys
 from memory.store import MemoryUnavailable, load_script
 
@@ -34,7 +34,7 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, client: Redis, limits: Limits, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, limits: Limits, keys: Keys | None = None) -> None:
         self._redis = client
         self.limits = limits
         self.keys = keys or Keys()

@@ -1,6 +1,7 @@
 -- Delete every key of one user, in every scope, atomically.
--- KEYS: index, then every member of the index as the caller read it.
--- ARGV: how many members the caller read
+-- KEYS: index, then the members of the index as the caller read it that are this
+--       user's keys (every key the bot indexes is; all share the user's hash tag)
+-- ARGV: how many members the caller read in all
 -- Returns the number of turns deleted, or -1 when the index changed since it was
 -- read (the caller reads it again and retries).
 if redis.call('SCARD', KEYS[1]) ~= tonumber(ARGV[1]) then
