@@ -26,7 +26,13 @@ from bot.grounding.check import ReplyCheck
 from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
 from bot.media.recommend import NOTHING_FOUND, as_text, wants_recommendation
 from bot.metrics import Metrics
-from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
+from bot.moderation.moderator import (
+    OUTPUT_WITHHELD,
+    ModerationEvent,
+    Moderator,
+    Where,
+    excerpt,
+)
 from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
 from bot.moderation.rules import Rules
@@ -53,7 +59,6 @@ MEMORY_READ_FAILED = (
 MEMORY_WRITE_FAILED = "I couldn't save this exchange to memory: I won't remember it later."
 TIMED_OUT = "Sorry, that reply took too long and was stopped. Please try again."
 CONTROLS_STRIPPED = "I removed control characters from your message."
-SERVER_BUSY = "I'm busy with other replies on this server: please try again in a moment."
 
 
 def cut_notice(kept: int) -> str:
@@ -279,9 +284,9 @@ class Assistant:
                 self.metrics.grounding.labels("answered").inc()
             streamed = await self._say(answer, mod_policy, sink)
         else:
-            async with self.moderator.slot(where, request.message_id) as free:
-                if not free:
-                    await sink.notice(SERVER_BUSY)
+            async with self.moderator.slot(where, request.message_id) as refusal:
+                if refusal:
+                    await sink.notice(refusal)
                     return ReplyOutcome(text="", stored=False, generated=False, window=window,
                                         kind="busy")  # fmt: skip
                 if self._wants_titles(clean.text, grounded):

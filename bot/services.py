@@ -52,6 +52,7 @@ def build_moderator(
         flood_seconds=mod.flood_seconds,
         repeat_limit=mod.repeat_limit,
         guild_in_flight=settings.ratelimit.guild_in_flight,
+        member_in_flight=settings.generation.per_user,
         slot_lease=settings.generation.timeout + 30,
     )
 

@@ -33,6 +33,14 @@ The media catalog is shared by the whole deployment:
 
     mb:{catalog}:titles            HASH title id -> title (JSON)
     mb:{catalog}:meta              HASH version, source, imported_at
+
+What the bot's processes share while they run (leases that run out, never indexed):
+
+    mb:{u<user>}:inflight          ZSET request id -> lease end (ms): a member's replies
+                                   generating now, in every process
+    mb:{deploy}:remote             ZSET request id -> lease end: requests at the model
+                                   server now, from every process
+    mb:{deploy}:identify:<bucket>  STRING a shard's identify, held five seconds
 """
 
 from __future__ import annotations
@@ -134,6 +142,18 @@ class Keys:
     def trivia_key(self, guild_id: str, question_id: str) -> str:
         """One trivia question of a server (with `:answered` beside it)."""
         return f"{self.guild_tag(guild_id)}:trivia:{encode_part(question_id)}"
+
+    def member_inflight_key(self, user_id: str) -> str:
+        """A member's replies generating now, across processes (leases)."""
+        return f"{self.user_tag(user_id)}:inflight"
+
+    def remote_slots_key(self) -> str:
+        """Requests at the model server now, from every process (leases)."""
+        return f"{self.prefix}:{{deploy}}:remote"
+
+    def identify_key(self, bucket: int) -> str:
+        """One identify bucket's turn (Discord: one identify a bucket every 5 s)."""
+        return f"{self.prefix}:{{deploy}}:identify:{bucket}"
 
     def catalog_key(self, kind: str) -> str:
         """The shared media catalog (one per deployment, not per user or server)."""

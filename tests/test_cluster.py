@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 from redis.commands.core import AsyncScript
 
+from bot.distributed import IdentifyGate, Leases
 from bot.media.catalog import Catalog
 from bot.media.library import Library, parse_file
 from bot.media.trivia import Trivia, make_question
@@ -170,6 +171,12 @@ async def run_every_feature(client: RedisClient, keys: Keys, catalog: Catalog) -
     await moderation.strike("g1", "u1", policy)
     await moderation.flood("g1", "u1", "digest", 10.0)
     await moderation.acquire_slot("g1", "r1", 2, 30.0)
+    await moderation.acquire_member("u1", "r1", 2, 30.0)
+
+    leases = Leases(client, keys.remote_slots_key(), cap=2, lease_s=30.0)
+    await leases.take("r1")
+    await leases.renew("r1")
+    await IdentifyGate(client, keys).wait(0)
 
     await RateLimiter(client, Limits(), keys).take("u1", "g1")
 

@@ -11,11 +11,16 @@ from typing import Any
 
 import pytest
 
-from bot import assistant as pipeline
 from bot.assistant import Assistant, ReplyRequest
 from bot.generation.local import LocalGenerator
 from bot.moderation import moderator as mod
-from bot.moderation.moderator import ModerationEvent, Moderator, OutputGuard, Where
+from bot.moderation.moderator import (
+    SERVER_BUSY,
+    ModerationEvent,
+    Moderator,
+    OutputGuard,
+    Where,
+)
 from bot.moderation.policy import GuildPolicy, Moderation
 from memory.connection import RedisClient, client_for_url
 from memory.keys import Keys, Scope
@@ -312,7 +317,7 @@ async def test_a_busy_server_is_told_at_once(
     bot = assistant_with(store, keys, scripted, moderator)
     sink = RecordingSink()
     assert not (await bot.reply(ask("hello"), sink)).generated
-    assert sink.kinds("notice") == [pipeline.SERVER_BUSY] and scripted.calls == 0
+    assert sink.kinds("notice") == [SERVER_BUSY] and scripted.calls == 0
     await moderator.moderation.release_slot(GUILD, "other0")
     assert (await bot.reply(ask("hello"), RecordingSink())).stored
     # The slot was given back after the reply.
@@ -396,14 +401,15 @@ async def test_redis_gone_moderation_falls_back_to_defaults_not_to_off(
 ) -> None:
     dead = client_for_url("redis://127.0.0.1:1", socket_timeout=0.5, connect_timeout=0.5)
     try:
-        offline = Moderator(Moderation(dead, keys), moderator.classifier, guild_in_flight=2)
+        offline = Moderator(Moderation(dead, keys), moderator.classifier, guild_in_flight=2,
+                            member_in_flight=1)  # fmt: skip
         where = Where(GUILD, CHANNEL, "u1", "Ada")
         policy = await offline.policy(where)
         assert policy == offline.defaults
         assert (await offline.check_input(where, "what is a good comedy?", policy)).allowed
         refused = await offline.check_input(where, "you are a stupid idiot", policy)
         assert not refused.allowed and refused.reason == mod.OFFENSIVE
-        async with offline.slot(where, "r1") as free:
-            assert free  # no cap can be kept without Redis; answering beats refusing
+        async with offline.slot(where, "r1") as refusal:
+            assert refusal == ""  # no cap can be kept without Redis; answering beats refusing
     finally:
         await dead.aclose()

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bot.generation.queue import too_many
 from bot.moderation.classifier import OffensiveClassifier
 from bot.moderation.policy import DM, GuildPolicy, Moderation
 from bot.moderation.rules import MENTION, Rules, Verdict, defuse_mentions, normalise
@@ -39,6 +40,7 @@ REPEATED = "You've sent that same message several times: I answer it once."
 BLOCKED = "A moderator of this server has blocked you from using me here."
 NOT_HERE = "I'm not enabled in this channel: a moderator chose where I answer."
 OUTPUT_WITHHELD = "I started a reply I shouldn't send, so I stopped it. Please ask another way."
+SERVER_BUSY = "I'm busy with other replies on this server: please try again in a moment."
 
 
 def cooldown_notice(seconds: float) -> str:
@@ -125,6 +127,7 @@ class Moderator:
         flood_seconds: float = 30.0,
         repeat_limit: int = 3,
         guild_in_flight: int = 0,
+        member_in_flight: int = 0,
         slot_lease: float = 330.0,
     ) -> None:
         self.moderation = moderation
@@ -133,6 +136,7 @@ class Moderator:
         self.flood_seconds = flood_seconds
         self.repeat_limit = repeat_limit
         self.guild_in_flight = guild_in_flight
+        self.member_in_flight = member_in_flight
         self.slot_lease = slot_lease
         self.listeners: list[Listener] = []
         self._rules: dict[tuple[str, ...], Rules] = {}
@@ -291,23 +295,49 @@ class Moderator:
     # -- generation slots --------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def slot(self, where: Where, request_id: str) -> AsyncIterator[bool]:
-        """One of the server's generation slots for the body; yields False when all
-        are taken. Without Redis, or in DMs, there is no cap."""
-        if self.moderation is None or self.guild_in_flight <= 0 or where.guild_id is None:
-            yield True
+    async def slot(self, where: Where, request_id: str) -> AsyncIterator[str]:
+        """The server's generation slot and the member's in-flight lease for the body,
+        each a lease in Redis that every bot process shares (a member's servers may sit
+        on different processes); yields "" when both are held, else the sentence that
+        says why not. Without Redis there is no cap; in DMs no server's."""
+        if self.moderation is None:
+            yield ""
             return
+        guild = where.guild_id if where.guild_id is not None and self.guild_in_flight > 0 else None
+        member = self.member_in_flight > 0
+        server_got = member_got = False
         try:
-            got = await self.moderation.acquire_slot(
-                where.guild_id, request_id, self.guild_in_flight, self.slot_lease
-            )
-        except MemoryUnavailable:
-            got = True
-        try:
-            yield got
+            if guild is not None:
+                server_got = await self._take(
+                    self.moderation.acquire_slot(
+                        guild, request_id, self.guild_in_flight, self.slot_lease
+                    )
+                )
+                if not server_got:
+                    yield SERVER_BUSY
+                    return
+            if member:
+                member_got = await self._take(
+                    self.moderation.acquire_member(
+                        where.user_id, request_id, self.member_in_flight, self.slot_lease
+                    )
+                )
+                if not member_got:
+                    yield too_many(self.member_in_flight)
+                    return
+            yield ""
         finally:
-            if got:
-                await self.moderation.release_slot(where.guild_id, request_id)
+            if member_got:
+                await self.moderation.release_member(where.user_id, request_id)
+            if server_got and guild is not None:
+                await self.moderation.release_slot(guild, request_id)
+
+    @staticmethod
+    async def _take(taking: Awaitable[bool]) -> bool:
+        try:
+            return await taking
+        except MemoryUnavailable:
+            return True  # without Redis no cap can be kept; answering beats refusing
 
     # -- output ------------------------------------------------------------------
 

@@ -271,6 +271,25 @@ class Moderation:
         except RedisError as exc:
             raise MemoryUnavailable(str(exc)) from exc
 
+    async def acquire_member(self, user_id: str, request_id: str, slots: int, lease: float) -> bool:
+        """One of a member's in-flight leases, counted across every server, DM and bot
+        process (the same script as a server's slots, on the member's own key)."""
+        try:
+            return bool(
+                await self._inflight(
+                    keys=[self.keys.member_inflight_key(user_id)],
+                    args=[request_id, slots, max(1, int(lease * 1000))],
+                )
+            )
+        except RedisError as exc:
+            raise MemoryUnavailable(str(exc)) from exc
+
+    async def release_member(self, user_id: str, request_id: str) -> None:
+        try:
+            await self._redis.zrem(self.keys.member_inflight_key(user_id), request_id)
+        except RedisError as exc:
+            log.warning("could not release a member's lease (it runs out by itself): %s", exc)
+
     async def release_slot(self, guild_id: str, request_id: str) -> None:
         try:
             await self._redis.zrem(self.keys.guild_key(guild_id, "inflight"), request_id)
