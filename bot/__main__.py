@@ -151,7 +151,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 async def _run(settings: Settings) -> int:
     import discord
 
-    from bot.discord.client import CHAT_CHANNELS_OFF, MediaBot
+    from bot.discord.client import CHAT_CHANNELS_OFF, make_bot
     from bot.services import open_services
 
     if settings.discord.token is None:
@@ -164,7 +164,7 @@ async def _run(settings: Settings) -> int:
     if not settings.discord.message_content_intent:
         print(CHAT_CHANNELS_OFF, file=sys.stderr)
     async with open_services(settings, progress=_progress) as services:
-        bot = MediaBot(settings=settings, services=services)
+        bot = make_bot(settings, services)
         async with bot:
             try:
                 await bot.start(settings.discord.token.get_secret_value())

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bot.assistant import Assistant
+from bot.distributed import Leases
 from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.remote import RemoteGenerator
@@ -155,6 +156,11 @@ async def open_services(
         generator: LocalGenerator | RemoteGenerator
         if settings.generation.backend == "remote":
             generator = await asyncio.to_thread(load_remote, settings, progress)
+            # Every bot process sharing this Redis shares the server's places.
+            generator.shared = Leases(
+                client, keys.remote_slots_key(), cap=settings.remote.concurrency,
+                lease_s=settings.remote.lease_seconds,
+            )  # fmt: skip
         else:
             progress("Loading the model…")
             generator = await asyncio.to_thread(

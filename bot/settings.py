@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TITLES = Path(__file__).resolve().parents[1] / "data" / "catalog" / "netflix_titles.csv"
@@ -136,7 +143,14 @@ class RemoteSettings(BaseSettings):
     context_length: int | None = Field(
         default=None, ge=256, description="The server model's window; unset: the local tokenizer's."
     )
-    concurrency: int = Field(default=8, ge=1, le=1024, description="Requests sent at once.")
+    concurrency: int = Field(
+        default=8, ge=1, le=1024,
+        description="Requests at the server at once, from every bot process together.",
+    )  # fmt: skip
+    lease_seconds: float = Field(
+        default=30.0, ge=1, le=3600,
+        description="How soon a dead process's places at the server come back.",
+    )  # fmt: skip
 
     @field_validator("url")
     @classmethod
@@ -284,6 +298,47 @@ class DiscordSettings(BaseSettings):
     message_content_intent: bool = True
     dev_guild_id: int | None = None
     edit_interval: float = Field(default=1.0, ge=0.2, le=10.0)
+    shard_count: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="Shards of the whole bot; unset: Discord's recommended count.",
+    )  # fmt: skip
+    shard_ids: str | None = Field(
+        default=None, description="Shards this process runs, e.g. 0,1 or 0-3; unset: all."
+    )
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_shards(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shards_need_a_count(self) -> DiscordSettings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT")
+            if max(parse_shards(self.shard_ids)) >= self.shard_count:
+                raise ValueError("a shard id must be below DISCORD_SHARD_COUNT")
+        return self
+
+    @property
+    def shards(self) -> list[int] | None:
+        return parse_shards(self.shard_ids) if self.shard_ids is not None else None
+
+
+def parse_shards(text: str) -> list[int]:
+    """ "0,1" or "0-3" or "0-1,4" -> shard ids, sorted, each once."""
+    ids: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{text!r} is not a list of shard ids like 0,1 or 0-3")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"{part!r}: a range goes up")
+        ids.update(range(low, high + 1))
+    return sorted(ids)
 
 
 class MetricsSettings(BaseSettings):

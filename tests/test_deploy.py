@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.settings import DEFAULT_TITLES
+from bot.settings import DEFAULT_TITLES, parse_shards
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,21 @@ def test_compose_file_is_valid_and_durable(tmp_path: Path) -> None:
     assert set(config["volumes"]) == {"redis-data", "model-cache"}
     source = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert source["services"]["bot"]["env_file"] == ".env"
+
+
+def test_the_shards_override_runs_every_shard_once_over_two_processes(tmp_path: Path) -> None:
+    config = compose_config(tmp_path, "docker-compose.yml", "docker-compose.shards.yml")
+    bots = [s for name, s in config["services"].items() if name.startswith("bot")]
+    assert len(bots) == 2
+    counts = {int(b["environment"]["DISCORD_SHARD_COUNT"]) for b in bots}
+    assert len(counts) == 1
+    ids = [i for b in bots for i in parse_shards(b["environment"]["DISCORD_SHARD_IDS"])]
+    assert sorted(ids) == list(range(counts.pop()))  # every shard, once
+    for b in bots:  # the same Redis, health check and model cache as the one process
+        assert b["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert "/health" in " ".join(b["healthcheck"]["test"])
+        assert any(str(v).startswith("model-cache:/app/models") for v in b["volumes"])
+        assert b["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_gpu_override_asks_for_a_gpu(tmp_path: Path) -> None:

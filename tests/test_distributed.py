@@ -8,9 +8,16 @@ import asyncio
 
 from redis.asyncio import Redis
 
+from bot.assistant import Assistant
+from bot.discord.client import MediaBot, ShardedMediaBot, make_bot
 from bot.distributed import IdentifyGate, Leases
+from bot.generation.local import LocalGenerator
+from bot.services import Services
+from bot.settings import DiscordSettings
+from memory.guilds import GuildConfig
 from memory.keys import Keys
-from tests.conftest import REDIS_CLUSTER
+from memory.store import MemoryStore
+from tests.conftest import REDIS_CLUSTER, make_settings
 
 pytestmark = REDIS_CLUSTER
 
@@ -98,3 +105,23 @@ async def test_identifies_of_one_bucket_are_a_window_apart_across_gates(
     await asyncio.gather(identify(b, 2), identify(a, 1))
     assert times[2] - times[0] >= 500  # the same bucket: a whole window later
     assert times[1] - times[0] < times[2] - times[0]  # another bucket: not held back
+
+
+async def test_the_sharded_bot_runs_its_shards_and_identifies_through_the_gate(
+    store: MemoryStore, keys: Keys, generator: LocalGenerator, redis_client: Redis
+) -> None:
+    settings = make_settings(keys)
+    assistant = Assistant(settings=settings, memory=store, generator=generator)
+    services = Services(memory=store, generator=generator, assistant=assistant,
+                        guild_config=GuildConfig(store.client, keys),
+                        moderator=assistant.moderator)  # fmt: skip
+    assert type(make_bot(settings, services)) is MediaBot  # one process, no sharding
+    settings.discord = DiscordSettings(shard_count=4, shard_ids="2-3")
+    bot = make_bot(settings, services)  # not connected: nothing to close
+    assert isinstance(bot, ShardedMediaBot)
+    assert (bot.shard_count, bot.shard_ids) == (4, [2, 3])
+    bot.identify_gate.window_ms = 300
+    began = await redis_ms(redis_client)
+    await bot.before_identify_hook(2, initial=True)
+    await bot.before_identify_hook(3)  # one bucket (max_concurrency 1): a window on
+    assert await redis_ms(redis_client) - began >= 300

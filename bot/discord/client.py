@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.distributed import IdentifyGate
 from bot.services import Services
 from bot.settings import Settings
 from memory.guilds import GuildConfig
@@ -61,6 +62,7 @@ class MediaBot(commands.Bot):
             help_command=None,
             **options,
         )
+        self.identify_gate = IdentifyGate(services.memory.client, services.memory.keys)
         self.settings = settings
         self.services = services
         self.guild_config: GuildConfig = services.guild_config
@@ -98,6 +100,10 @@ class MediaBot(commands.Bot):
         else:
             await self.tree.sync()
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's identify bucket, whichever process last used it."""
+        await self.identify_gate.wait(shard_id or 0)
+
     async def on_message(self, message: discord.Message, /) -> None:
         """No text commands: messages are for the chat cog, commands are slash commands."""
 
@@ -120,6 +126,31 @@ class MediaBot(commands.Bot):
             log.error("slash command failed", exc_info=error)
             text = ERROR_SENTENCE
         await respond(interaction, text, ephemeral=True)
+
+
+class ShardedMediaBot(MediaBot, commands.AutoShardedBot):
+    """The bot on several shards: this process runs `DISCORD_SHARD_IDS` of
+    `DISCORD_SHARD_COUNT` (all of them when the ids are unset), spacing the shards'
+    identifies with every other process's through Redis (`MediaBot.identify_gate`)."""
+
+    async def setup_hook(self) -> None:
+        try:
+            limits = await self.fetch_session_start_limits()
+            self.identify_gate.max_concurrency = max(1, limits.max_concurrency)
+        except discord.HTTPException:
+            log.warning("session start limits unknown: one identify at a time")
+        await super().setup_hook()
+
+
+def make_bot(settings: Settings, services: Services) -> MediaBot:
+    """The bot `mediabot run` starts: sharded when `DISCORD_SHARD_COUNT` is set."""
+    discord_settings = settings.discord
+    if discord_settings.shard_count is None:
+        return MediaBot(settings=settings, services=services)
+    shards: dict[str, Any] = {"shard_count": discord_settings.shard_count}
+    if discord_settings.shards is not None:
+        shards["shard_ids"] = discord_settings.shards
+    return ShardedMediaBot(settings=settings, services=services, **shards)
 
 
 async def respond(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:

@@ -12,17 +12,23 @@ with an error, or stopping in the middle of a reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer
 from memory.context import ChatMessage
+
+if TYPE_CHECKING:
+    from bot.distributed import Leases
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,9 @@ class RemoteGenerator:
         self.timeout = timeout
         self._context_length = context_length or tokens.context_length
         self.queue = FairQueue(concurrency, max_waiting=queue_max, per_user=per_user)
+        # Requests at the server from every bot process, when several share it (leases
+        # in Redis, see bot/distributed.py); set by the services.
+        self.shared: Leases | None = None
 
     @property
     def context_length(self) -> int:
@@ -73,7 +82,9 @@ class RemoteGenerator:
     def close(self) -> None:
         """Nothing to release: each request opens and closes its own connection."""
 
-    def _body(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
+    def _body(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, user: str = ""
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             # Special-token text a member typed stays text on the server too.
@@ -88,6 +99,10 @@ class RemoteGenerator:
         }
         if params.seed is not None:
             body["seed"] = params.seed
+        if user:
+            # OpenAI's field for telling end users apart (a server may schedule or
+            # watch by it); a digest, not the Discord id.
+            body["user"] = hashlib.sha256(user.encode()).hexdigest()[:16]
         return body
 
     async def stream(
@@ -97,9 +112,22 @@ class RemoteGenerator:
         *,
         owner: Owner | None = None,
     ) -> AsyncIterator[str]:
-        async with self.queue.turn(owner or Owner("local")):
-            async for piece in self._request(messages, params):
+        owner = owner or Owner("local")
+        async with self.queue.turn(owner), self._shared_turn():
+            async for piece in self._request(messages, params, owner.user):
                 yield piece
+
+    @contextlib.asynccontextmanager
+    async def _shared_turn(self) -> AsyncIterator[None]:
+        """One of the server's REMOTE_CONCURRENCY places shared by every bot process;
+        without Redis, only this process's own queue limits what it sends."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.shared is not None:
+                try:
+                    await stack.enter_async_context(self.shared.holding())
+                except RedisError as exc:
+                    log.warning("the shared places at the model server are unknown: %s", exc)
+            yield
 
     async def stream_background(
         self, messages: Sequence[ChatMessage], params: GenerationParams
@@ -107,12 +135,12 @@ class RemoteGenerator:
         """Background work (summaries) runs only while no reply waits or runs."""
         if self.queue.busy:
             raise GeneratorBusy("The model is busy with replies.")
-        async with self.queue.turn(Owner("background")):
+        async with self.queue.turn(Owner("background")), self._shared_turn():
             async for piece in self._request(messages, params):
                 yield piece
 
     async def _request(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self, messages: Sequence[ChatMessage], params: GenerationParams, user: str = ""
     ) -> AsyncIterator[str]:
         headers = {"Accept": "text/event-stream"}
         if self._api_key:
@@ -128,7 +156,7 @@ class RemoteGenerator:
                 aiohttp.ClientSession(timeout=timeout, read_bufsize=MAX_LINE) as session,
                 session.post(
                     f"{self.url}/chat/completions",
-                    json=self._body(messages, params),
+                    json=self._body(messages, params, user),
                     headers=headers,
                 ) as response,
             ):
