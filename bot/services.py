@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.assistant import Assistant
+from bot.commands import Commands
 from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
 from bot.generation.remote import RemoteGenerator
@@ -35,6 +36,11 @@ class Services:
     guild_config: GuildConfig
     moderator: Moderator
     media: Media | None = None
+
+    @property
+    def commands(self) -> Commands:
+        """The commands both front ends call (the assistant's: chat uses them too)."""
+        return self.assistant.commands
 
 
 def build_moderator(

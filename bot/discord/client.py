@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.interactions import respond
 from bot.services import Services
 from bot.settings import Settings
 from memory.guilds import GuildConfig
@@ -107,14 +108,3 @@ class MediaBot(commands.Bot):
             log.error("slash command failed", exc_info=error)
             text = ERROR_SENTENCE
         await respond(interaction, text, ephemeral=True)
-
-
-async def respond(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:
-    """Answer an interaction whether or not it was deferred already."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=ephemeral)
-        else:
-            await interaction.response.send_message(text, ephemeral=ephemeral)
-    except discord.HTTPException:
-        log.warning("could not answer an interaction", exc_info=True)

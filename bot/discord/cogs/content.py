@@ -9,11 +9,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands import Refused, messages
+from bot.discord.chunks import MESSAGE_LIMIT
 from bot.discord.client import MediaBot
-from bot.discord.cogs.media import BUSY, begin, review, screen
-from bot.generation.base import GenerationError, Owner
+from bot.discord.interactions import begin, caller_of, cut, refuse
 from bot.media.content import ContentRequest, Length, Platform, Tone
-from bot.moderation.rules import defuse_mentions
 
 Subject = app_commands.Range[str, 1, 300]
 
@@ -25,24 +25,16 @@ class ContentCommands(commands.Cog):
         self.bot = bot
 
     async def _write(self, interaction: discord.Interaction, request: ContentRequest) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        content = await self.bot.services.commands.content.write(caller_of(interaction), request)
+        if isinstance(content, Refused):
+            await refuse(interaction, content)
             return
-        if not await screen(self.bot, interaction, request.subject):
-            return
-        owner = Owner(str(interaction.user.id), str(interaction.guild_id or "") or None)
-        try:
-            content = await media.content(request, owner=owner)
-        except GenerationError as exc:
-            await interaction.followup.send(str(exc) or BUSY)
-            return
-        if not await review(self.bot, interaction, content.text):
-            return
-        note = f"\n-# About {content.title.label}, from the catalog." if content.title else ""
-        text = defuse_mentions(content.text)
-        if len(text) + len(note) > 2000:
+        note = f"\n-# {messages.about(content.title.label)}" if content.title else ""
+        text = cut(content.text)
+        if len(text) + len(note) > MESSAGE_LIMIT:
             note = ""
-        await interaction.followup.send(text[:2000] + note)
+        await interaction.followup.send(text + note)
 
     @app_commands.command(name="headline", description="A news headline about a title or topic")
     async def headline(
