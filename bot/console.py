@@ -21,8 +21,9 @@ from typing import TextIO, TypeVar
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
 from bot.commands import Caller, Done, Refused, messages
+from bot.commands.content import content_request
 from bot.media.catalog import Title
-from bot.media.content import PLATFORMS, ContentRequest
+from bot.media.content import PLATFORMS
 from bot.media.trivia import LETTERS
 from bot.memory_view import summary_lines
 from bot.services import Services
@@ -334,7 +335,7 @@ class Console:
             self._say(f"Usage: /{kind} [tone=…] [length=…] [platform=…] SUBJECT, e.g. "
                       f"/{kind} tone=funny The Irishman")  # fmt: skip
             return
-        request = ContentRequest(kind, subject, **options)  # type: ignore[arg-type]
+        request = content_request(kind, subject, **options)  # type: ignore[arg-type]
         content = await self.commands.content.write(self.caller, request)
         if isinstance(content, Refused):
             self._answer(content)

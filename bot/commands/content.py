@@ -4,7 +4,29 @@ topic. The subject is screened like a message and the result reviewed like a rep
 from __future__ import annotations
 
 from bot.commands.base import NO_CATALOG, Caller, Feature, Refused
-from bot.media.content import Content, ContentRequest
+from bot.media.content import Content, ContentRequest, Kind, Length, Platform, Tone
+
+# What an option left out means, in both front ends.
+TONES: dict[Kind, Tone] = {
+    "headline": "neutral", "post": "neutral", "adcopy": "excited", "synopsis": "neutral"
+}  # fmt: skip
+LENGTHS: dict[Kind, Length] = {
+    "headline": "medium", "post": "medium", "adcopy": "short", "synopsis": "short"
+}  # fmt: skip
+
+
+def content_request(
+    kind: Kind,
+    subject: str,
+    *,
+    tone: Tone | None = None,
+    length: Length | None = None,
+    platform: Platform | None = None,
+) -> ContentRequest:
+    """A request with this kind's defaults for the options not given (a post's length
+    is its platform's)."""
+    return ContentRequest(kind, subject, tone or TONES[kind], length or LENGTHS[kind],
+                          platform or "x")  # fmt: skip
 
 
 class ContentCommands(Feature):

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.commands import Refused, messages
+from bot.commands.content import content_request
 from bot.discord.chunks import MESSAGE_LIMIT
 from bot.discord.client import MediaBot
 from bot.discord.interactions import begin, caller_of, cut, refuse
@@ -38,39 +39,43 @@ class ContentCommands(commands.Cog):
 
     @app_commands.command(name="headline", description="A news headline about a title or topic")
     async def headline(
-        self, interaction: discord.Interaction, subject: Subject, tone: Tone = "neutral"
+        self, interaction: discord.Interaction, subject: Subject, tone: Tone | None = None
     ) -> None:
-        await self._write(interaction, ContentRequest("headline", subject, tone))
+        await self._write(interaction, content_request("headline", subject, tone=tone))
 
     @app_commands.command(name="post", description="A social media post about a title or topic")
     async def post(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        platform: Platform = "x",
-        tone: Tone = "neutral",
+        platform: Platform | None = None,
+        tone: Tone | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("post", subject, tone, platform=platform))
+        await self._write(
+            interaction, content_request("post", subject, tone=tone, platform=platform)
+        )
 
     @app_commands.command(name="adcopy", description="Advertising copy for a title or topic")
     async def adcopy(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        tone: Tone = "excited",
-        length: Length = "short",
+        tone: Tone | None = None,
+        length: Length | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("adcopy", subject, tone, length))
+        await self._write(interaction, content_request("adcopy", subject, tone=tone, length=length))
 
     @app_commands.command(name="synopsis", description="A short synopsis of a title or topic")
     async def synopsis(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        tone: Tone = "neutral",
-        length: Length = "short",
+        tone: Tone | None = None,
+        length: Length | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("synopsis", subject, tone, length))
+        await self._write(
+            interaction, content_request("synopsis", subject, tone=tone, length=length)
+        )
 
 
 async def setup(bot: MediaBot) -> None:
