@@ -22,6 +22,7 @@ from bot.generation.local import LocalGenerator
 from bot.media.catalog import Catalog
 from bot.media.library import Library
 from bot.media.service import Media
+from bot.moderation.moderator import Moderator
 from bot.services import Services
 from memory.guilds import GuildConfig
 from memory.keys import Keys, Scope
@@ -35,10 +36,10 @@ def console_for(
     generator: Any,
     script: bytes,
     media: Media | None = None,
+    moderator: Moderator | None = None,
 ) -> tuple[Console, io.StringIO, io.StringIO]:
-    assistant = Assistant(
-        settings=make_settings(keys), memory=store, generator=generator, media=media
-    )
+    assistant = Assistant(settings=make_settings(keys), memory=store, generator=generator,
+                          media=media, moderator=moderator)  # fmt: skip
     services = Services(
         memory=store,
         generator=generator,
