@@ -21,18 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from bot import BOT_NAME
+from bot.commands import Caller, Commands, Refused, messages
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
 from bot.grounding.check import ReplyCheck
 from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
-from bot.media.recommend import NOTHING_FOUND, as_text, wants_recommendation
+from bot.media.recommend import wants_recommendation
 from bot.metrics import Metrics
-from bot.moderation.moderator import (
-    OUTPUT_WITHHELD,
-    ModerationEvent,
-    Moderator,
-    Where,
-    excerpt,
-)
+from bot.moderation.moderator import OUTPUT_WITHHELD, ModerationEvent, Moderator, Where, excerpt
 from bot.moderation.policy import GuildPolicy
 from bot.moderation.ratelimit import Decision, RateLimiter
 from bot.moderation.rules import Rules
@@ -94,6 +89,13 @@ class ReplyRequest:
     @property
     def where(self) -> Where:
         return Where(self.scope.guild_id, self.channel_id, self.user_id, self.user_name)
+
+    @property
+    def caller(self) -> Caller:
+        """The sender as the command layer sees them (chat's recommendations)."""
+        return Caller(
+            self.scope, self.user_id, self.user_name, self.channel_id, floods=self.rate_limited
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,8 @@ class Assistant:
         self.generator = generator
         self.limiter = limiter
         self.moderator = moderator or Moderator(None, None)
+        # The commands of both front ends; chat's recommendations are one of them.
+        self.commands = Commands(memory, media, self.moderator)
         self._clock = clock
         self._rules = load_rules()
         self._personas: dict[str, Persona] = {}
@@ -425,24 +429,27 @@ class Assistant:
         *,
         grounded: Grounded,
     ) -> str | None:
-        """A recommendation asked in chat: titles from the catalog, checked sentences;
-        titles the message names are the seeds, never among the picks."""
-        assert self.media is not None
-        owner = self._owner(request, sink)
+        """A recommendation asked in chat, through the /recommend command: titles from
+        the catalog, checked sentences; titles the message names are the seeds, never
+        among the picks. The message was screened already, under `mod_policy`."""
         try:
             async with asyncio.timeout(self.settings.generation.timeout):
-                picks = await self.media.recommend(
-                    request.scope, request.user_id, text, taste=snapshot.taste, owner=owner,
-                    check=self.moderator.allows(mod_policy), seeds=grounded.titles,
+                result = await self.commands.catalog.recommend(
+                    request.caller, text, taste=snapshot.taste, seeds=grounded.titles,
                     exclude=grounded.excluded,
+                    on_position=self._owner(request, sink).on_position,
+                    screened_under=mod_policy,
                 )  # fmt: skip
         except TimeoutError:
             await sink.notice(TIMED_OUT)
             return None
-        except MemoryUnavailable:
-            await sink.notice(MEMORY_READ_FAILED)
+        if isinstance(result, Refused):
+            # Not reached today (chat asks only with a catalog, has screened the message
+            # and passes the profile it loaded), but a refusal is a notice, never a reply.
+            await sink.notice(result.text)
             return None
-        reply = Rules.clean_output(as_text(picks) if picks else NOTHING_FOUND)
+        picks = result.picks
+        reply = Rules.clean_output(messages.picks_text(picks) if picks else messages.NOTHING_FOUND)
         await sink.piece(reply)
         return reply
 

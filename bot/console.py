@@ -20,19 +20,17 @@ from typing import TextIO, TypeVar
 
 from bot import BOT_NAME
 from bot.assistant import ReplyRequest
-from bot.generation.base import GenerationError, Owner
-from bot.media.catalog import Title, search_text
-from bot.media.content import PLATFORMS, ContentRequest
-from bot.media.recommend import NOTHING_FOUND, as_text
-from bot.media.trivia import LETTERS, NoQuestion
-from bot.memory_view import SHOWN_TURNS, turn_lines
+from bot.commands import Caller, Done, Refused, messages
+from bot.commands.content import content_request
+from bot.media.catalog import Title
+from bot.media.content import PLATFORMS
+from bot.media.trivia import LETTERS
+from bot.memory_view import summary_lines
 from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
 from memory.context import ContextWindow
 from memory.keys import Scope
-from memory.profile import render, render_taste
-from memory.records import Fact
-from memory.store import MemoryUnavailable
+from memory.profile import render_taste
 
 HELP = """Commands:
   /help            this list
@@ -51,24 +49,12 @@ HELP = """Commands:
   /quit            leave (Ctrl-D works too)
 Anything else is a message to me."""
 T = TypeVar("T")
-MEDIA_COMMANDS = (
-    "title",
-    "search",
-    "recommend",
-    "prefs",
-    "headline",
-    "post",
-    "adcopy",
-    "synopsis",
-    "trivia",
-)
 OPTION_VALUES = {
     "tone": ("neutral", "excited", "funny", "serious", "dramatic"),
     "length": ("short", "medium", "long"),
     "platform": tuple(PLATFORMS),
 }
 COMMAND = re.compile(r"^/([a-z]+)(?:\s+(.*))?$", re.DOTALL)
-MEMORY_DOWN = "I can't reach my memory right now; try again in a moment."
 
 
 @dataclass
@@ -147,10 +133,14 @@ class Console:
         show_context: bool = False,
     ) -> None:
         self.services = services
+        self.commands = services.commands
         self.user_name = user
         # Terminal users get their own id space, so they never meet a Discord user id.
         self.user_id = f"cli:{user}"
         self.scope = Scope(None)
+        # Commands see the terminal as chat does: the DM scope and its policy, and one
+        # local user whose piped lines are not a flood.
+        self.caller = Caller(self.scope, self.user_id, user, floods=False)
         self.stdin = stdin
         self.out = out
         self.err = err
@@ -212,57 +202,84 @@ class Console:
 
     async def _command(self, name: str, arg: str) -> bool:
         """Run a slash command; False means leave."""
-        memory = self.services.memory
-        try:
-            if name in ("quit", "exit"):
-                return False
-            if name == "help":
-                self._say(HELP)
-            elif name == "reset":
-                count = await memory.reset(self.scope, self.user_id)
-                self._say(f"Forgot our conversation here ({count} messages).")
-            elif name == "memory":
-                self._show_memory(await memory.history(self.scope, self.user_id))
-                self._show_facts(await memory.facts(self.scope, self.user_id))
-            elif name == "export":
-                await self._export(arg.strip())
-            elif name == "forget":
-                await self._forget()
-            elif name in MEDIA_COMMANDS and self.services.media is None:
-                self._say("The catalog isn't loaded, so I can't do that here.")
-            elif name == "title":
-                await self._title(arg.strip())
-            elif name == "search":
-                self._search(arg.strip())
-            elif name == "recommend":
-                await self._recommend(arg.strip())
-            elif name == "prefs":
-                await self._prefs(arg.strip())
-            elif name in ("headline", "post", "adcopy", "synopsis"):
-                await self._content(name, arg.strip())
-            elif name == "trivia":
-                await self._trivia()
-            else:
-                self._say(f"Unknown command /{name}. Type /help for the list.")
-        except MemoryUnavailable:
-            self._say(MEMORY_DOWN)
+        arg = arg.strip()
+        if name in ("quit", "exit"):
+            return False
+        if name == "help":
+            self._say(HELP)
+        elif name == "memory":
+            await self._memory()
+        elif name == "reset":
+            self._answer(await self.commands.memory.reset(self.caller))
+        elif name == "export":
+            await self._export(arg)
+        elif name == "forget":
+            await self._forget()
+        elif name == "title":
+            await self._title(arg)
+        elif name == "search":
+            await self._search(arg)
+        elif name == "recommend":
+            await self._recommend(arg)
+        elif name == "prefs":
+            await self._prefs(arg)
+        elif name in ("headline", "post", "adcopy", "synopsis"):
+            await self._content(name, arg)
+        elif name == "trivia":
+            await self._trivia()
+        else:
+            self._say(f"Unknown command /{name}. Type /help for the list.")
         return True
 
+    def _answer(self, result: Done | Refused) -> None:
+        self._say(strip_controls(result.text))
+
+    async def _memory(self) -> None:
+        remembered = await self.commands.memory.show(self.caller)
+        if isinstance(remembered, Refused):
+            self._answer(remembered)
+            return
+        for line in summary_lines(remembered, "here", user=self.user_name, bot=BOT_NAME,
+                                  time_format="%Y-%m-%d %H:%M",
+                                  template="  [{when} UTC] {who}: {text}"):  # fmt: skip
+            self._say(strip_controls(line))
+
+    async def _export(self, target: str) -> None:
+        data = await self.commands.memory.export(self.caller)
+        if isinstance(data, Refused):
+            self._answer(data)
+            return
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+        if not target:
+            self._say(text)
+            return
+        try:
+            await asyncio.to_thread(_write_text, target, text + "\n")
+        except OSError as exc:
+            self._say(messages.export_failed(target, exc.strerror or str(exc)))
+            return
+        self._say(messages.exported_to(target))
+
+    async def _forget(self) -> None:
+        answer = await self._read(f"{messages.FORGET_ASK} Type yes: ")
+        if (answer or "").strip().lower() != "yes":
+            self._say(messages.KEPT)
+            return
+        self._answer(await self.commands.memory.forget(self.caller))
+
     async def _title(self, name: str) -> None:
-        assert self.services.media is not None
         if not name:
             self._say("Usage: /title NAME, e.g. /title stranger things")
             return
-        found = await self.services.media.lookup(name)
-        if not found:
-            self._say(f"Nothing in the catalog matches {name!r}.")
+        found = await self.commands.catalog.title(self.caller, name)
+        if isinstance(found, Refused):
+            self._answer(found)
             return
         self._say(strip_controls(title_text(found[0])))
         if len(found) > 1:
-            self._say("Also close: " + strip_controls(", ".join(t.label for t in found[1:4])))
+            self._say(strip_controls(messages.also_close(found[1:4])))
 
-    def _search(self, arg: str) -> None:
-        assert self.services.media is not None
+    async def _search(self, arg: str) -> None:
         filters = dict(re.findall(r"(genre|person|type|years)=(\"[^\"]*\"|\S+)", arg))
         filters = {k: v.strip('"') for k, v in filters.items()}
         years = re.fullmatch(r"(\d{4})?-?(\d{4})?", filters.get("years", ""))
@@ -272,133 +289,80 @@ class Console:
         first, last = years.groups()
         if filters.get("years", "").isdigit():
             last = first
-        text = search_text(
-            self.services.media.catalog,
-            genre=filters.get("genre"), person=filters.get("person"), kind=filters.get("type"),
-            year_from=int(first) if first else None, year_to=int(last) if last else None,
+        found = await self.commands.catalog.search(
+            self.caller, genre=filters.get("genre"), person=filters.get("person"),
+            kind=filters.get("type"), year_from=int(first) if first else None,
+            year_to=int(last) if last else None,
         )  # fmt: skip
+        if isinstance(found, Refused):
+            self._answer(found)
+            return
+        text = messages.search_listing(found.titles, found.more)
         self._say(strip_controls(text.replace("\n- ", "\n  ")))
 
     async def _recommend(self, mood: str) -> None:
-        media = self.services.media
-        assert media is not None
-        moderator = self.services.moderator
-        picks = await media.recommend(
-            self.scope, self.user_id, mood or "something good",
-            check=moderator.allows(moderator.defaults),
-        )  # fmt: skip
-        self._say(strip_controls(as_text(picks) if picks else NOTHING_FOUND))
+        result = await self.commands.catalog.recommend(self.caller, mood)
+        if isinstance(result, Refused):
+            self._answer(result)
+            return
+        picks = result.picks
+        self._say(strip_controls(messages.picks_text(picks) if picks else messages.NOTHING_FOUND))
 
     async def _prefs(self, arg: str) -> None:
-        media = self.services.media
-        assert media is not None
         verb, _, rest = arg.partition(" ")
         verb, rest = verb.lower(), rest.strip()
+        catalog = self.commands.catalog
         if verb in ("", "show"):
-            items = await media.taste(self.scope, self.user_id)
-            self._say(
-                "Your taste profile:\n" + strip_controls(render_taste(items))
-                if items
-                else "Your taste profile is empty: /prefs like horror, /prefs seen Dark."
-            )
+            items = await catalog.taste(self.caller)
+            if isinstance(items, Refused):
+                self._answer(items)
+            elif not items:
+                self._say(messages.taste_empty("/prefs like X"))
+            else:
+                self._say(messages.TASTE_HEADER)
+                self._say(strip_controls(render_taste(items)))
+                self._say(messages.taste_help("/prefs like, dislike or seen X", "/prefs remove X"))
         elif verb in ("like", "dislike", "seen") and rest:
-            change = await media.add_pref(self.scope, self.user_id, verb, rest)  # type: ignore[arg-type]
-            self._say(strip_controls(change.message))
+            self._answer(await catalog.add_pref(self.caller, verb, rest))  # type: ignore[arg-type]
         elif verb == "remove" and rest:
-            self._say(
-                strip_controls((await media.remove_pref(self.scope, self.user_id, rest)).message)
-            )
+            self._answer(await catalog.remove_pref(self.caller, rest))
         else:
             self._say("Usage: /prefs [show | like X | dislike X | seen X | remove X]")
 
     async def _content(self, kind: str, arg: str) -> None:
-        media = self.services.media
-        assert media is not None
         options, subject = content_options(arg)
         if not subject or options is None:
             self._say(f"Usage: /{kind} [tone=…] [length=…] [platform=…] SUBJECT, e.g. "
                       f"/{kind} tone=funny The Irishman")  # fmt: skip
             return
-        try:
-            request = ContentRequest(kind, subject, **options)  # type: ignore[arg-type]
-            content = await media.content(request, owner=Owner(self.user_id))
-        except GenerationError as exc:
-            self._say(str(exc))
-            return
-        moderator = self.services.moderator
-        verdict = await moderator.review(moderator.defaults, content.text)
-        if not verdict.allowed:
-            self._say(verdict.reason)
+        request = content_request(kind, subject, **options)  # type: ignore[arg-type]
+        content = await self.commands.content.write(self.caller, request)
+        if isinstance(content, Refused):
+            self._answer(content)
             return
         self._say(strip_controls(content.text))
         if content.title:
-            self._say(f"(about {strip_controls(content.title.label)}, from the catalog)")
+            self._say(f"({strip_controls(messages.about(content.title.label))})")
 
     async def _trivia(self) -> None:
-        media = self.services.media
-        assert media is not None
-        try:
-            q = await media.question(None)
-        except NoQuestion:
-            self._say("The catalog has too little in it for trivia.")
+        games = self.commands.games
+        trivia = await games.question(self.caller)
+        if isinstance(trivia, Refused):
+            self._answer(trivia)
             return
+        q = trivia.question
+        right = strip_controls(f"{LETTERS[q.answer]}) {q.correct}")
         self._say(strip_controls(q.as_text()))
-        line = await self._read(f"Your answer ({int(media.trivia.seconds)} s, A-D): ")
+        line = await self._read(f"Your answer ({int(trivia.seconds)} s, A-D): ")
         choice = (line or "").strip().upper()[:1]
         if choice not in LETTERS:
-            self._say(f"No answer: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
+            self._say(messages.no_answer(right))
             return
-        result = await media.trivia.answer(None, q.id, self.user_id, LETTERS.index(choice))
-        if result.outcome == "right":
-            self._say(f"Right! You have {result.score} point(s).")
-        elif result.outcome == "late":
-            self._say(f"Too late: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
-        else:
-            self._say(f"Not quite: it was {LETTERS[q.answer]}) {strip_controls(q.correct)}.")
-
-    def _show_facts(self, facts: list[Fact]) -> None:
-        if facts:
-            self._say("What I know about you here:")
-            self._say(strip_controls(render([(f.label, f.value) for f in facts])))
-
-    def _show_memory(self, records: list[dict[str, object]]) -> None:
-        if not records:
-            self._say("I don't remember anything of our conversation here yet.")
+        result = await games.answer(self.caller, q.id, LETTERS.index(choice))
+        if isinstance(result, Refused):
+            self._answer(result)
             return
-        self._say(
-            f"I remember {len(records)} messages of our conversation here"
-            + (f"; the last {SHOWN_TURNS}:" if len(records) > SHOWN_TURNS else ":")
-        )
-        for line in turn_lines(
-            records,
-            user=self.user_name,
-            bot=BOT_NAME,
-            time_format="%Y-%m-%d %H:%M",
-            template="  [{when} UTC] {who}: {text}",
-        ):
-            self._say(line)
-
-    async def _export(self, target: str) -> None:
-        data = json.dumps(
-            await self.services.memory.export(self.user_id), indent=2, ensure_ascii=False
-        )
-        if not target:
-            self._say(data)
-            return
-        try:
-            await asyncio.to_thread(_write_text, target, data + "\n")
-        except OSError as exc:
-            self._say(f"Could not write {target}: {exc.strerror}.")
-            return
-        self._say(f"Wrote everything stored about you to {target}.")
-
-    async def _forget(self) -> None:
-        answer = await self._read("Delete everything stored about you, everywhere? Type yes: ")
-        if (answer or "").strip().lower() != "yes":
-            self._say("Kept everything.")
-            return
-        count = await self.services.memory.forget(self.user_id)
-        self._say(f"Deleted everything stored about you ({count} messages).")
+        self._say(messages.answered(result.outcome, result.score, right))
 
 
 def _in_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:

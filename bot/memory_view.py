@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from bot.commands import messages
+from bot.commands.memory import Remembered
 from bot.textclean import strip_controls
+from memory.profile import render
 
 SHOWN_TURNS = 10
 SHOWN_CHARS = 150
@@ -26,4 +29,26 @@ def turn_lines(
         if len(text) > SHOWN_CHARS:
             text = text[: SHOWN_CHARS - 1] + "…"
         lines.append(template.format(when=when, who=who, text=text))
+    return lines
+
+
+def summary_lines(
+    remembered: Remembered,
+    place: str,
+    *,
+    user: str,
+    bot: str,
+    time_format: str,
+    template: str,
+) -> list[str]:
+    """/memory's answer: the facts known here, how many messages are kept and the last
+    of them (see `turn_lines`), and how to clear them."""
+    records, facts = remembered.records, remembered.facts
+    lines = []
+    if facts:
+        lines += [messages.FACTS_HEADER, render([(f.label, f.value) for f in facts])]
+    lines.append(messages.remembered(len(records), min(len(records), SHOWN_TURNS), place))
+    lines += turn_lines(records, user=user, bot=bot, time_format=time_format, template=template)
+    if records or facts:
+        lines.append(messages.MEMORY_HINT)
     return lines

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bot.assistant import Assistant
+from bot.commands import Commands
 from bot.distributed import Leases
 from bot.generation.base import GenerationError, GenerationParams, Generator
 from bot.generation.local import LocalGenerator
@@ -40,6 +41,11 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     health: Health = field(default_factory=Health)
     metrics_port: int | None = None  # where /metrics and /health are served, if they are
+
+    @property
+    def commands(self) -> Commands:
+        """The commands both front ends call (the assistant's: chat uses them too)."""
+        return self.assistant.commands
 
 
 def build_moderator(

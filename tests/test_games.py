@@ -134,9 +134,9 @@ async def test_story_survives_a_restart(redis_url: str, keys: Keys,
         later = Stories(store, ScriptedGenerator(generator, scene2), params=params)
         again = await later.current(scope, "u1")
         assert again is not None and again.scenes == state.scenes and again.step == 1
-        assert await later.choose(scope, "u1", 0, 1) == (
-            "That choice is from an earlier scene of your story."
-        )
+        assert await later.choose(scope, "u1", 0, 1) == "stale"
+        assert await later.choose(scope, "u1", 1, 3) == "not-offered"
+        assert await later.choose(Scope("elsewhere"), "u1", 1, 1) == "none"
         moved = await later.choose(scope, "u1", 1, 1)
         assert isinstance(moved, StoryState)
         assert moved.step == 2 and moved.choices == ["Read on", "Close it"]

@@ -104,14 +104,15 @@ async def test_chat_teaches_the_profile_which_export_shows_and_forget_deletes(
     assert "- dislikes: horror (genre)" in snapshot.profile
     # Liking horror later replaces disliking it.
     change = await media.add_pref(SCOPE, "u1", "like", "scary")
-    assert change.ok and "horror" in change.message
+    assert change.outcome == "added" and change.item is not None
+    assert change.item.value == "horror"
     assert {(i.polarity, i.key) for i in await media.taste(SCOPE, "u1")} == {
         ("like", "s2328"), ("like", "horror")
     }  # fmt: skip
     # /prefs remove, and a phrase that resolves to nothing.
-    assert (await media.remove_pref(SCOPE, "u1", "horror")).ok
-    assert not (await media.remove_pref(SCOPE, "u1", "jazz")).ok
-    assert not (await media.add_pref(SCOPE, "u1", "like", "zzqx wibble")).ok
+    assert (await media.remove_pref(SCOPE, "u1", "horror")).outcome == "removed"
+    assert (await media.remove_pref(SCOPE, "u1", "jazz")).outcome == "absent"
+    assert (await media.add_pref(SCOPE, "u1", "like", "zzqx wibble")).outcome == "unknown"
     exported = await store.export("u1")
     assert [t["value"] for t in exported["scopes"]["gg1"]["taste"]] == ["Dark"]
     # Deleting the message removes what was learned from it.

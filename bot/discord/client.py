@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.interactions import respond
 from bot.distributed import IdentifyGate
 from bot.services import Services
 from bot.settings import Settings
@@ -151,14 +152,3 @@ def make_bot(settings: Settings, services: Services) -> MediaBot:
     if discord_settings.shards is not None:
         shards["shard_ids"] = discord_settings.shards
     return ShardedMediaBot(settings=settings, services=services, **shards)
-
-
-async def respond(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:
-    """Answer an interaction whether or not it was deferred already."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=ephemeral)
-        else:
-            await interaction.response.send_message(text, ephemeral=ephemeral)
-    except discord.HTTPException:
-        log.warning("could not answer an interaction", exc_info=True)

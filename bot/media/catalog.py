@@ -337,30 +337,3 @@ def genre_words(text: str) -> list[str]:
             found.append(concept)
             low = low.replace(f" {word} ", " ")
     return found
-
-
-SEARCH_SHOWN = 15
-
-
-def search_text(
-    catalog: Catalog,
-    *,
-    genre: str | None = None,
-    person: str | None = None,
-    kind: str | None = None,
-    year_from: int | None = None,
-    year_to: int | None = None,
-) -> str:
-    """A catalog search as a short list (shared with the terminal)."""
-    if not any((genre, person, kind, year_from, year_to)):
-        return "Give at least one of genre, person, kind or years."
-    if genre and concept_of(genre) is None and genre.strip().lower() not in catalog.concepts:
-        return f"I don't know the genre {genre!r}. Genres: {', '.join(catalog.concepts)}."
-    found = catalog.search(genre=genre, person=person, kind=kind, year_from=year_from,
-                           year_to=year_to, limit=SEARCH_SHOWN + 1)  # fmt: skip
-    if not found:
-        return "Nothing in the catalog matches all of that."
-    lines = [f"- {t.label}, {t.type}" + (f" ({', '.join(t.genres[:2])})" if t.genres else "")
-             for t in found[:SEARCH_SHOWN]]  # fmt: skip
-    more = " (the newest shown; narrow it down for others)" if len(found) > SEARCH_SHOWN else ""
-    return f"From the catalog{more}:\n" + "\n".join(lines)

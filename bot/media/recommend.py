@@ -531,20 +531,3 @@ async def write_blurbs(
         return Pick(t, pick.score, pick.reason, checked, True)
 
     return [await one(p) for p in picks]
-
-
-def as_text(picks: Sequence[Pick], intro: str | None = None) -> str:
-    """Picks as a chat message: title and facts from the catalog, then the sentence."""
-    lines = [intro or "Here's what I'd pick from the catalog:"]
-    for n, p in enumerate(picks, 1):
-        t = p.title
-        facts = ", ".join(x for x in (str(t.year) if t.year else "", t.type) if x)
-        why = f" (Picked because {p.reason}.)" if p.blurb_from_model else ""
-        lines.append(f"{n}. **{t.title}** ({facts}): {p.blurb}{why}")
-    return "\n".join(lines)
-
-
-NOTHING_FOUND = (
-    'I couldn\'t find anything in the catalog for that. Try a genre ("a scary film"), '
-    'a title you liked ("something like Dark") or a person.'
-)

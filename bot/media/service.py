@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from bot.generation.base import GenerationParams, Generator, Owner
 from bot.media.catalog import Catalog, Title, concept_of
@@ -20,12 +21,17 @@ from memory.keys import Scope
 from memory.records import Polarity, TasteItem
 from memory.store import MemoryStore
 
+# What a change to a taste profile did: an item `added`; nothing, because the catalog
+# names no such genre, title or person (`unknown`), the profile is `full`, or the title
+# is `gone` from the catalog; `removed` items; nothing, being `absent` from the profile.
+PrefOutcome = Literal["added", "unknown", "full", "gone", "removed", "absent"]
+
 
 @dataclass(frozen=True, slots=True)
 class PrefChange:
-    ok: bool
-    message: str
+    outcome: PrefOutcome
     item: TasteItem | None = None
+    count: int = 0  # items removed
 
 
 class Media:
@@ -112,35 +118,23 @@ class Media:
     async def add_pref(
         self, scope: Scope, user_id: str, polarity: Polarity, phrase: str, *, source: str = "prefs"
     ) -> PrefChange:
-        catalog = await self.current()
-        hit = resolve(catalog, phrase)
+        hit = resolve(await self.current(), phrase)
         if hit is None:
-            return PrefChange(
-                False,
-                f"I couldn't find {phrase[:80]!r} in the catalog as a genre, title or person. "
-                f"Genres I know: {', '.join(catalog.concepts[:30])}.",
-            )
+            return PrefChange("unknown")
         kind, key, shown = hit
         new = item(polarity, kind, key, shown, source)
         written = await self.memory.add_taste(scope, user_id, [new])
-        if not written:
-            return PrefChange(False, "Your taste profile is full: remove something first.")
-        verb = {"like": "you like", "dislike": "you don't like", "seen": "you've seen"}[polarity]
-        return PrefChange(True, f"Noted: {verb} {shown} ({kind}).", new)
+        return PrefChange("added", new) if written else PrefChange("full")
 
     async def add_title_pref(
         self, scope: Scope, user_id: str, polarity: Polarity, title_id: str, *, source: str
     ) -> PrefChange:
-        catalog = await self.current()
-        title = catalog.get(title_id)
+        title = (await self.current()).get(title_id)
         if title is None:
-            return PrefChange(False, "That title is no longer in the catalog.")
+            return PrefChange("gone")
         new = item(polarity, "title", title.id, title.title, source)
         written = await self.memory.add_taste(scope, user_id, [new])
-        if not written:
-            return PrefChange(False, "Your taste profile is full: remove something first.")
-        verb = {"like": "you like", "dislike": "not for you", "seen": "you've seen it"}[polarity]
-        return PrefChange(True, f"Noted for {title.title}: {verb}.", new)
+        return PrefChange("added", new) if written else PrefChange("full")
 
     async def remove_pref(self, scope: Scope, user_id: str, phrase: str) -> PrefChange:
         """Remove every item (like, dislike, seen) of what `phrase` names."""
@@ -156,9 +150,9 @@ class Media:
             or (i.kind == "genre" and concept_of(phrase) == i.key)
         ]
         if not fields:
-            return PrefChange(False, f"{phrase[:80]!r} is not in your taste profile here.")
+            return PrefChange("absent")
         removed = await self.memory.remove_taste(scope, user_id, fields)
-        return PrefChange(True, f"Removed {removed} item(s) about {phrase[:80]} from your profile.")
+        return PrefChange("removed", count=removed)
 
     # --- recommendations ---------------------------------------------------------------
 

@@ -41,6 +41,9 @@ _CHOICE = re.compile(r"^\s*(?:choice\s*)?([1-3])[.):]\s*(.+?)\s*$", re.I | re.M)
 OPENING = "the story begins"
 # Moderation of generated text: True when it may be shown.
 Check = Callable[[str], Awaitable[bool]]
+# Why a choice moved nothing: no story here, a choice from an earlier scene, or none
+# of the choices on offer.
+Unchosen = Literal["none", "stale", "not-offered"]
 
 
 class StoryWithheld(Exception):
@@ -112,15 +115,15 @@ class Stories:
 
     async def choose(
         self, scope: Scope, user_id: str, step: int, option: int, *, check: Check | None = None
-    ) -> StoryState | str:
-        """Advance by a choice made at `step`; a string explains why it cannot be."""
+    ) -> StoryState | Unchosen:
+        """Advance by a choice made at `step`, or say why it cannot be."""
         state = await self.current(scope, user_id)
         if state is None:
-            return "You have no story running here. Start one with /story start."
+            return "none"
         if step != state.step:
-            return "That choice is from an earlier scene of your story."
+            return "stale"
         if not 0 <= option < len(state.choices):
-            return "That choice is not on offer."
+            return "not-offered"
         return await self._advance(scope, user_id, state, state.choices[option], check)
 
     async def end(self, scope: Scope, user_id: str) -> bool:

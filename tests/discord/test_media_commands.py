@@ -1,6 +1,7 @@
-"""The media commands through the bot's real app_commands tree, real Redis and the
-real catalog: /title, /recommend and its buttons, /prefs, content commands, /trivia
-and /story (whose buttons are rebuilt from their custom ids, as after a restart).
+"""How the media commands render on Discord, through the bot's real app_commands tree,
+real Redis and the real catalog: /title, /recommend and its buttons, /prefs, content
+commands, /trivia and /story (whose buttons are rebuilt from their custom ids, as after
+a restart). What each command does is tested once, in tests/commands.
 
 The cogs are loaded as extensions, which imports their modules afresh: the button
 classes the bot uses are compared by name, not identity, with those imported here."""
@@ -73,26 +74,22 @@ async def test_title_embed_from_the_catalog(media_bot: MediaBot) -> None:
     assert "Nothing in the catalog matches" in last(missing).content
 
 
-async def test_recommend_shows_catalog_titles_and_buttons_teach_the_profile(
-    media_bot: MediaBot, catalog: Catalog, store: MemoryStore
+async def test_recommend_shows_an_embed_per_pick_and_buttons_teach_the_profile(
+    media_bot: MediaBot, store: MemoryStore
 ) -> None:
     interaction = in_guild(media_bot, MEMBER)
     await invoke(media_bot, "recommend", interaction, mood="a scary film from the 80s")
     sent = last(interaction)
-    assert len(sent.embeds) == 5
+    member = dpytest.get_config().members[0]
+    assert sent.content == f"Picks for {member.display_name}: a scary film from the 80s"
+    assert len(sent.embeds) == 5  # which titles, and their sentences: tests/commands
     for embed in sent.embeds:
-        name = re.sub(r" \(\d{4}\)$", "", embed.title)
-        assert catalog.exact(name), embed.title  # every title is a catalog entry
-        assert "Moon Heist" not in (embed.description or "") and "2031" not in (
-            embed.description or ""
-        )
-        assert embed.footer.text.startswith("Why: ")
+        assert embed.description and embed.footer.text.startswith("Why: ")
         assert len(embed) <= 6000
     buttons = [item for item in sent.view.children]
     assert len(buttons) == 15 and all(type(b).__name__ == "RecButton" for b in buttons)
     first_title = buttons[0].title_id
     # "Seen it" and "Not for me", pressed after a restart: rebuilt from the custom id.
-    member = dpytest.get_config().members[0]
     for action in ("seen", "no"):
         press = in_guild(media_bot, MEMBER)
         match = re.fullmatch(RecButton.__discord_ui_compiled_template__,

@@ -6,8 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.messages import MEMORY_DOWN
 from bot.discord.client import MediaBot
-from bot.discord.cogs.memory import MEMORY_DOWN
 from memory.store import MemoryUnavailable
 from prompts import PromptError, list_personas
 

@@ -14,9 +14,9 @@ from discord.ext import commands
 
 from bot.assistant import ReplyRequest
 from bot.discord.client import ERROR_SENTENCE, MediaBot
+from bot.discord.interactions import scope_of
 from bot.discord.streaming import NO_PINGS, DiscordSink
 from bot.textclean import clean_input
-from memory.keys import Scope
 from memory.store import MemoryUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ _USER = re.compile(r"<@!?(\d+)>")
 _ROLE = re.compile(r"<@&(\d+)>")
 _CHANNEL = re.compile(r"<#(\d+)>")
 ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
-
-
-def scope_of(guild: discord.Guild | None) -> Scope:
-    return Scope(None) if guild is None else Scope(str(guild.id))
 
 
 def readable(message: discord.Message, me: int) -> str:

@@ -9,11 +9,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands import Refused, messages
+from bot.commands.content import content_request
+from bot.discord.chunks import MESSAGE_LIMIT
 from bot.discord.client import MediaBot
-from bot.discord.cogs.media import BUSY, begin, review, screen
-from bot.generation.base import GenerationError, Owner
+from bot.discord.interactions import begin, caller_of, cut, refuse
 from bot.media.content import ContentRequest, Length, Platform, Tone
-from bot.moderation.rules import defuse_mentions
 
 Subject = app_commands.Range[str, 1, 300]
 
@@ -25,60 +26,56 @@ class ContentCommands(commands.Cog):
         self.bot = bot
 
     async def _write(self, interaction: discord.Interaction, request: ContentRequest) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        content = await self.bot.services.commands.content.write(caller_of(interaction), request)
+        if isinstance(content, Refused):
+            await refuse(interaction, content)
             return
-        if not await screen(self.bot, interaction, request.subject):
-            return
-        owner = Owner(str(interaction.user.id), str(interaction.guild_id or "") or None)
-        try:
-            content = await media.content(request, owner=owner)
-        except GenerationError as exc:
-            await interaction.followup.send(str(exc) or BUSY)
-            return
-        if not await review(self.bot, interaction, content.text):
-            return
-        note = f"\n-# About {content.title.label}, from the catalog." if content.title else ""
-        text = defuse_mentions(content.text)
-        if len(text) + len(note) > 2000:
+        note = f"\n-# {messages.about(content.title.label)}" if content.title else ""
+        text = cut(content.text)
+        if len(text) + len(note) > MESSAGE_LIMIT:
             note = ""
-        await interaction.followup.send(text[:2000] + note)
+        await interaction.followup.send(text + note)
 
     @app_commands.command(name="headline", description="A news headline about a title or topic")
     async def headline(
-        self, interaction: discord.Interaction, subject: Subject, tone: Tone = "neutral"
+        self, interaction: discord.Interaction, subject: Subject, tone: Tone | None = None
     ) -> None:
-        await self._write(interaction, ContentRequest("headline", subject, tone))
+        await self._write(interaction, content_request("headline", subject, tone=tone))
 
     @app_commands.command(name="post", description="A social media post about a title or topic")
     async def post(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        platform: Platform = "x",
-        tone: Tone = "neutral",
+        platform: Platform | None = None,
+        tone: Tone | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("post", subject, tone, platform=platform))
+        await self._write(
+            interaction, content_request("post", subject, tone=tone, platform=platform)
+        )
 
     @app_commands.command(name="adcopy", description="Advertising copy for a title or topic")
     async def adcopy(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        tone: Tone = "excited",
-        length: Length = "short",
+        tone: Tone | None = None,
+        length: Length | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("adcopy", subject, tone, length))
+        await self._write(interaction, content_request("adcopy", subject, tone=tone, length=length))
 
     @app_commands.command(name="synopsis", description="A short synopsis of a title or topic")
     async def synopsis(
         self,
         interaction: discord.Interaction,
         subject: Subject,
-        tone: Tone = "neutral",
-        length: Length = "short",
+        tone: Tone | None = None,
+        length: Length | None = None,
     ) -> None:
-        await self._write(interaction, ContentRequest("synopsis", subject, tone, length))
+        await self._write(
+            interaction, content_request("synopsis", subject, tone=tone, length=length)
+        )
 
 
 async def setup(bot: MediaBot) -> None:

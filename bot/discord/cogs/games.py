@@ -14,24 +14,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.client import MediaBot, respond
-from bot.discord.cogs.chat import scope_of
-from bot.discord.cogs.media import BUSY, MEMORY_DOWN, NO_CATALOG, begin, review
-from bot.generation.base import GenerationError
-from bot.media.story import Genre, StoryState, StoryWithheld
-from bot.media.trivia import LETTERS, NoQuestion, Question
+from bot.commands import Refused, messages
+from bot.discord.client import MediaBot
+from bot.discord.interactions import begin, caller_of, cut, refuse, respond
+from bot.media.story import Genre, StoryState
+from bot.media.trivia import LETTERS, Question
 from bot.moderation.rules import defuse_mentions
-from memory.store import MemoryUnavailable
 
 log = logging.getLogger(__name__)
-
-ANSWERS = {
-    "right": "Right! That's {score} point{s} for you on this server.",
-    "wrong": "Not quite: the answer was **{answer}**.",
-    "again": "You already answered this one.",
-    "late": "Time's up for this one: the answer was **{answer}**.",
-    "gone": "This question has expired.",
-}
 
 
 def question_view(q: Question) -> discord.ui.View:
@@ -71,24 +61,13 @@ class TriviaButton(
 async def answer(
     bot: MediaBot, interaction: discord.Interaction, question_id: str, option: int
 ) -> None:
-    media = bot.services.media
-    if media is None:
-        await respond(interaction, NO_CATALOG)
+    """A trivia button pressed: the answer of whoever pressed it, shown only to them."""
+    result = await bot.services.commands.games.answer(caller_of(interaction), question_id, option)
+    if isinstance(result, Refused):
+        await refuse(interaction, result, ephemeral=True)
         return
-    guild = str(interaction.guild_id) if interaction.guild_id else None
-    try:
-        result = await media.trivia.answer(guild, question_id, str(interaction.user.id), option)
-    except MemoryUnavailable:
-        await respond(interaction, MEMORY_DOWN)
-        return
-    right = ""
-    if result.correct >= 0:
-        with contextlib.suppress(IndexError, MemoryUnavailable):
-            right = (await media.trivia.options(guild, question_id))[result.correct]
-    text = ANSWERS[result.outcome].format(
-        score=result.score, s="" if result.score == 1 else "s", answer=right or "?"
-    )
-    await respond(interaction, defuse_mentions(text))
+    right = f"**{result.right or '?'}**"
+    await respond(interaction, cut(messages.answered(result.outcome, result.score, right)))
 
 
 def story_view(user_id: int, state: StoryState) -> discord.ui.View:
@@ -128,8 +107,7 @@ class StoryButton(
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.user.id != self.user_id:
-            await respond(interaction, "This is someone else's story: start yours with "
-                          "/story start.")  # fmt: skip
+            await respond(interaction, messages.STORY_NOT_YOURS)
             return False
         return True
 
@@ -140,27 +118,13 @@ class StoryButton(
 
 
 async def choose(bot: MediaBot, interaction: discord.Interaction, step: int, option: int) -> None:
-    media = await begin(bot, interaction)
-    if media is None:
+    """A story button pressed by its reader: the next scene."""
+    await begin(interaction)
+    state = await bot.services.commands.games.story_choose(caller_of(interaction), step, option)
+    if isinstance(state, Refused):
+        await refuse(interaction, state, ephemeral=True)
         return
-    scope, user = scope_of(interaction.guild), str(interaction.user.id)
-    try:
-        result = await media.stories.choose(
-            scope, user, step, option, check=lambda text: review(bot, interaction, text)
-        )
-    except MemoryUnavailable:
-        await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-        return
-    except StoryWithheld:
-        return  # review() said why
-    except GenerationError as exc:
-        await interaction.followup.send(str(exc) or BUSY, ephemeral=True)
-        return
-    if isinstance(result, str):
-        await interaction.followup.send(result, ephemeral=True)
-        return
-    await interaction.followup.send(story_text(result), view=story_view(interaction.user.id,
-                                                                          result))  # fmt: skip
+    await interaction.followup.send(story_text(state), view=story_view(interaction.user.id, state))
 
 
 class Games(commands.Cog):
@@ -187,22 +151,16 @@ class Games(commands.Cog):
         interaction: discord.Interaction,
         kind: Literal["any", "director", "year", "genre", "odd"] = "any",
     ) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        kind_asked = None if kind == "any" else kind
+        trivia = await self.bot.services.commands.games.question(caller_of(interaction), kind_asked)
+        if isinstance(trivia, Refused):
+            await refuse(interaction, trivia)
             return
-        guild = str(interaction.guild_id) if interaction.guild_id else None
-        try:
-            q = await media.question(guild, None if kind == "any" else kind)
-        except NoQuestion:
-            await interaction.followup.send("The catalog has too little in it for that.")
-            return
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN)
-            return
-        seconds = int(media.trivia.seconds)
-        text = defuse_mentions(f"**Trivia** ({seconds} s, one answer each): {q.text}")
+        q = trivia.question
+        text = cut(f"**{messages.trivia_heading(int(trivia.seconds))}**: {q.text}")
         message = await interaction.followup.send(text, view=question_view(q), wait=True)
-        task = asyncio.create_task(self._reveal(message, q, text, media.trivia.seconds))
+        task = asyncio.create_task(self._reveal(message, q, text, trivia.seconds))
         self._reveals.add(task)
         task.add_done_callback(self._reveals.discard)
 
@@ -211,23 +169,18 @@ class Games(commands.Cog):
         await asyncio.sleep(seconds)
         with contextlib.suppress(discord.HTTPException, AttributeError):
             await message.edit(
-                content=defuse_mentions(f"{text}\nTime's up! The answer: **{q.correct}**"),
-                view=None,
+                content=cut(f"{text}\n{messages.times_up(f'**{q.correct}**')}"), view=None
             )
 
     @trivia.command(name="leaderboard", description="This server's trivia leaderboard")
     async def trivia_leaderboard(self, interaction: discord.Interaction) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
-            return
-        guild = str(interaction.guild_id) if interaction.guild_id else None
-        try:
-            rows = await media.trivia.leaderboard(guild)
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN)
+        await begin(interaction)
+        rows = await self.bot.services.commands.games.leaderboard(caller_of(interaction))
+        if isinstance(rows, Refused):
+            await refuse(interaction, rows)
             return
         if not rows:
-            await interaction.followup.send("Nobody has scored yet: /trivia play starts a round.")
+            await interaction.followup.send(messages.NOBODY_SCORED)
             return
         lines = [f"{n}. <@{user}>: {score}" for n, (user, score) in enumerate(rows, 1)]
         embed = discord.Embed(title="Trivia leaderboard", description="\n".join(lines))
@@ -235,21 +188,10 @@ class Games(commands.Cog):
 
     @story.command(name="start", description="Start a story (replaces yours in progress)")
     async def story_start(self, interaction: discord.Interaction, genre: Genre = "fantasy") -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
-            return
-        try:
-            state = await media.stories.start(
-                scope_of(interaction.guild), str(interaction.user.id), genre,
-                check=lambda text: review(self.bot, interaction, text),
-            )  # fmt: skip
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN)
-            return
-        except StoryWithheld:
-            return
-        except GenerationError as exc:
-            await interaction.followup.send(str(exc) or BUSY)
+        await begin(interaction)
+        state = await self.bot.services.commands.games.story_start(caller_of(interaction), genre)
+        if isinstance(state, Refused):
+            await refuse(interaction, state)
             return
         await interaction.followup.send(
             story_text(state), view=story_view(interaction.user.id, state)
@@ -257,19 +199,9 @@ class Games(commands.Cog):
 
     @story.command(name="end", description="End your story here")
     async def story_end(self, interaction: discord.Interaction) -> None:
-        media = await begin(self.bot, interaction, ephemeral=True)
-        if media is None:
-            return
-        try:
-            had = await media.stories.end(scope_of(interaction.guild), str(interaction.user.id))
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-            return
-        await interaction.followup.send(
-            "Your story has ended. /story start begins a new one." if had
-            else "You have no story running here.",
-            ephemeral=True,
-        )  # fmt: skip
+        await begin(interaction, ephemeral=True)
+        done = await self.bot.services.commands.games.story_end(caller_of(interaction))
+        await interaction.followup.send(done.text, ephemeral=True)
 
 
 async def setup(bot: MediaBot) -> None:

@@ -1,6 +1,7 @@
-"""Catalog commands: /title, /recommend (with buttons that teach the profile) and
-/prefs. Every title shown comes from the catalog; the model only writes the sentence
-under it, and that sentence is checked (see `bot.media.recommend`)."""
+"""Catalog commands: /title, /search, /recommend (with buttons that teach the profile)
+and /prefs, as embeds and buttons over `bot.commands.catalog`. Every title shown comes
+from the catalog; the model only writes the sentence under it, and that sentence is
+checked (see `bot.media.recommend`)."""
 
 from __future__ import annotations
 
@@ -11,99 +12,35 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.client import MediaBot, respond
-from bot.discord.cogs.chat import scope_of
-from bot.generation.base import Owner
-from bot.generation.queue import QueueFull
-from bot.media.catalog import Title, search_text
-from bot.media.recommend import NOTHING_FOUND, Check, Pick
-from bot.media.service import Media
-from bot.moderation.moderator import OUTPUT_WITHHELD, Where
-from bot.moderation.rules import defuse_mentions
+from bot.commands import Refused, messages
+from bot.discord.client import MediaBot
+from bot.discord.interactions import begin, caller_of, cut, refuse
+from bot.media.catalog import Title
+from bot.media.recommend import Pick
 from memory.profile import render_taste
-from memory.store import MemoryUnavailable
-
-MEMORY_DOWN = "I can't reach my memory right now; please try again in a moment."
-NO_CATALOG = "The catalog isn't loaded, so I can't look titles up right now."
-BUSY = "I'm busy with other replies right now: please try again in a moment."
-
-
-async def begin(
-    bot: MediaBot, interaction: discord.Interaction, *, ephemeral: bool = False
-) -> Media | None:
-    """Defer the interaction (commands may wait on the model) and return the media
-    service; None, after saying so, when the catalog is not loaded."""
-    await interaction.response.defer(ephemeral=ephemeral, thinking=True)
-    media = bot.services.media
-    if media is None:
-        await interaction.followup.send(NO_CATALOG, ephemeral=ephemeral)
-    return media
-
-
-def where_of(interaction: discord.Interaction) -> Where:
-    return Where(
-        str(interaction.guild_id) if interaction.guild_id else None,
-        str(interaction.channel_id) if interaction.channel_id else None,
-        str(interaction.user.id),
-        interaction.user.display_name,
-    )
-
-
-async def allows(bot: MediaBot, interaction: discord.Interaction) -> Check:
-    """Moderation of generated sentences for this interaction's server."""
-    moderator = bot.services.moderator
-    return moderator.allows(await moderator.policy(where_of(interaction)))
-
-
-async def screen(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
-    """Moderate what a member typed into a command, as a chat message is moderated;
-    False (after telling them why) when it is refused."""
-    if not text.strip():
-        return True
-    moderator = bot.services.moderator
-    where = where_of(interaction)
-    policy = await moderator.policy(where)
-    check = await moderator.check_input(where, text, policy)
-    if not check.allowed:
-        await respond(interaction, check.reason or "I can't help with that.", ephemeral=True)
-    return check.allowed
-
-
-async def review(bot: MediaBot, interaction: discord.Interaction, text: str) -> bool:
-    """Moderate generated text before it is posted; False (after saying so) when held."""
-    moderator = bot.services.moderator
-    verdict = await moderator.review(await moderator.policy(where_of(interaction)), text)
-    if not verdict.allowed:
-        await respond(interaction, verdict.reason or OUTPUT_WITHHELD, ephemeral=True)
-    return verdict.allowed
-
-
-def _cut(text: str, limit: int) -> str:
-    text = defuse_mentions(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def title_embed(title: Title, blurb: str = "", reason: str = "") -> discord.Embed:
     """An embed of catalog facts; `blurb` is a checked sentence about it."""
     embed = discord.Embed(
-        title=_cut(title.label, 256), description=_cut(blurb, 4096) or None, colour=0x5865F2
+        title=cut(title.label, 256), description=cut(blurb, 4096) or None, colour=0x5865F2
     )
-    embed.add_field(name="Type", value=_cut(title.type, 1024))
+    embed.add_field(name="Type", value=cut(title.type, 1024))
     if title.genres:
-        embed.add_field(name="Genres", value=_cut(", ".join(title.genres), 1024))
+        embed.add_field(name="Genres", value=cut(", ".join(title.genres), 1024))
     if title.directors:
-        embed.add_field(name="Directed by", value=_cut(", ".join(title.directors[:5]), 1024),
+        embed.add_field(name="Directed by", value=cut(", ".join(title.directors[:5]), 1024),
                         inline=False)  # fmt: skip
     if title.cast:
         more = f" and {len(title.cast) - 6} more" if len(title.cast) > 6 else ""
-        embed.add_field(name="Cast", value=_cut(", ".join(title.cast[:6]) + more, 1024),
+        embed.add_field(name="Cast", value=cut(", ".join(title.cast[:6]) + more, 1024),
                         inline=False)  # fmt: skip
     for name, value in (("Country", title.country), ("Rating", title.rating),
                         ("Duration", title.duration)):  # fmt: skip
         if value:
-            embed.add_field(name=name, value=_cut(value, 1024))
+            embed.add_field(name=name, value=cut(value, 1024))
     if reason:
-        embed.set_footer(text=_cut(f"Why: {reason}", 2048))
+        embed.set_footer(text=cut(messages.why(reason), 2048))
     return embed
 
 
@@ -148,37 +85,22 @@ class RecButton(
 async def press(
     bot: MediaBot, interaction: discord.Interaction, action: str, title_id: str
 ) -> None:
-    """What a recommendation button does, for the member who pressed it."""
-    media = bot.services.media
-    await interaction.response.defer(ephemeral=True, thinking=True)
-    if media is None:
-        await interaction.followup.send(NO_CATALOG, ephemeral=True)
-        return
-    scope, user = scope_of(interaction.guild), str(interaction.user.id)
-    try:
-        if action == "more":
-            title = (await media.current()).get(title_id)
-            if title is None:
-                await interaction.followup.send("That title is no longer in the catalog.",
-                                                ephemeral=True)  # fmt: skip
-                return
-            picks = await media.recommend(
-                scope, user, f"more like {title.title}", seed=title,
-                owner=Owner(user, scope.guild_id), check=await allows(bot, interaction),
-            )  # fmt: skip
-            await interaction.followup.send(
-                _cut(f"More like {title.title}:" if picks else NOTHING_FOUND, 2000),
-                embeds=pick_embeds(picks),
-                ephemeral=True,
-            )
+    """What a recommendation button does, for the member who pressed it (only they
+    see the answer)."""
+    await begin(interaction, ephemeral=True)
+    catalog, caller = bot.services.commands.catalog, caller_of(interaction)
+    if action == "more":
+        more = await catalog.more_like(caller, title_id)
+        if isinstance(more, Refused):
+            await refuse(interaction, more, ephemeral=True)
             return
-        polarity: Literal["seen", "dislike"] = "seen" if action == "seen" else "dislike"
-        change = await media.add_title_pref(scope, user, polarity, title_id, source="button")
-        await interaction.followup.send(_cut(change.message, 2000), ephemeral=True)
-    except MemoryUnavailable:
-        await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-    except QueueFull:
-        await interaction.followup.send(BUSY, ephemeral=True)
+        intro = messages.more_like(more.like.title) if more.picks and more.like else None
+        await interaction.followup.send(
+            cut(intro or messages.NOTHING_FOUND), embeds=pick_embeds(more.picks), ephemeral=True
+        )
+        return
+    done = await catalog.mark_title(caller, "seen" if action == "seen" else "dislike", title_id)
+    await interaction.followup.send(cut(done.text), ephemeral=True)
 
 
 def pick_view(picks: list[Pick]) -> discord.ui.View:
@@ -198,6 +120,7 @@ class MediaCommands(commands.Cog):
 
     def __init__(self, bot: MediaBot) -> None:
         self.bot = bot
+        self.commands = bot.services.commands.catalog
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(RecButton)
@@ -210,17 +133,14 @@ class MediaCommands(commands.Cog):
     async def title(
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200]
     ) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        found = await self.commands.title(caller_of(interaction), name)
+        if isinstance(found, Refused):
+            await refuse(interaction, found)
             return
-        found = await media.lookup(name)
-        if not found:
-            await interaction.followup.send(_cut(f"Nothing in the catalog matches {name!r}.", 2000))
-            return
-        others = ", ".join(t.label for t in found[1:4])
+        others = found[1:4]
         await interaction.followup.send(
-            _cut(f"Also close: {others}", 2000) if others else "",
-            embed=title_embed(found[0]),
+            cut(messages.also_close(others)) if others else "", embed=title_embed(found[0])
         )
 
     @app_commands.command(name="search", description="Titles by genre, person, type and years")
@@ -238,44 +158,34 @@ class MediaCommands(commands.Cog):
         year_from: app_commands.Range[int, 1800, 2100] | None = None,
         year_to: app_commands.Range[int, 1800, 2100] | None = None,
     ) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        found = await self.commands.search(
+            caller_of(interaction), genre=genre, person=person, kind=kind,
+            year_from=year_from, year_to=year_to,
+        )  # fmt: skip
+        if isinstance(found, Refused):
+            await refuse(interaction, found)
             return
-        text = search_text(await media.current(), genre=genre, person=person, kind=kind,
-                           year_from=year_from, year_to=year_to)  # fmt: skip
-        await interaction.followup.send(_cut(text, 2000))
+        await interaction.followup.send(cut(messages.search_listing(found.titles, found.more)))
 
     @app_commands.command(name="recommend", description="Titles from the catalog for you")
     @app_commands.describe(mood="What you're in the mood for, e.g. 'a scary film from the 80s'")
     async def recommend(
         self, interaction: discord.Interaction, mood: app_commands.Range[str, 0, 300] = ""
     ) -> None:
-        media = await begin(self.bot, interaction)
-        if media is None:
+        await begin(interaction)
+        result = await self.commands.recommend(caller_of(interaction), mood)
+        if isinstance(result, Refused):
+            await refuse(interaction, result)
             return
-        if not await screen(self.bot, interaction, mood):
-            return
-        scope, user = scope_of(interaction.guild), str(interaction.user.id)
-        try:
-            picks = await media.recommend(
-                scope, user, mood or "something good", owner=Owner(user, scope.guild_id),
-                check=await allows(self.bot, interaction),
-            )  # fmt: skip
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN)
-            return
-        except QueueFull:
-            await interaction.followup.send(BUSY)
-            return
-        if not picks:
-            await interaction.followup.send(NOTHING_FOUND)
+        if not result.picks:
+            await interaction.followup.send(messages.NOTHING_FOUND)
             return
         await interaction.followup.send(
-            _cut(f"Picks for {interaction.user.display_name}" + (f": {mood}" if mood else ""),
-                 2000),
-            embeds=pick_embeds(picks),
-            view=pick_view(picks),
-        )  # fmt: skip
+            cut(messages.picks_for(interaction.user.display_name, mood)),
+            embeds=pick_embeds(result.picks),
+            view=pick_view(result.picks),
+        )
 
     @prefs.command(name="add", description="Tell me something you like, dislike or have seen")
     @app_commands.describe(what="A genre, title or person", how="like, dislike or seen")
@@ -285,51 +195,30 @@ class MediaCommands(commands.Cog):
         what: app_commands.Range[str, 1, 200],
         how: Literal["like", "dislike", "seen"] = "like",
     ) -> None:
-        media = await begin(self.bot, interaction, ephemeral=True)
-        if media is None:
-            return
-        try:
-            change = await media.add_pref(
-                scope_of(interaction.guild), str(interaction.user.id), how, what
-            )
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-            return
-        await interaction.followup.send(_cut(change.message, 2000), ephemeral=True)
+        await begin(interaction, ephemeral=True)
+        done = await self.commands.add_pref(caller_of(interaction), how, what)
+        await interaction.followup.send(cut(done.text), ephemeral=True)
 
     @prefs.command(name="remove", description="Remove a genre, title or person from your profile")
     async def prefs_remove(
         self, interaction: discord.Interaction, what: app_commands.Range[str, 1, 200]
     ) -> None:
-        media = await begin(self.bot, interaction, ephemeral=True)
-        if media is None:
-            return
-        try:
-            change = await media.remove_pref(
-                scope_of(interaction.guild), str(interaction.user.id), what
-            )
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-            return
-        await interaction.followup.send(_cut(change.message, 2000), ephemeral=True)
+        await begin(interaction, ephemeral=True)
+        done = await self.commands.remove_pref(caller_of(interaction), what)
+        await interaction.followup.send(cut(done.text), ephemeral=True)
 
     @prefs.command(name="show", description="Your taste profile here")
     async def prefs_show(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            items = await self.bot.services.memory.taste(
-                scope_of(interaction.guild), str(interaction.user.id)
-            )
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-            return
-        if not items:
-            text = ("Your taste profile here is empty. Tell me what you like in chat "
-                    "(\"I loved Dark\") or with /prefs add.")  # fmt: skip
+        await begin(interaction, ephemeral=True)
+        items = await self.commands.taste(caller_of(interaction))
+        if isinstance(items, Refused):
+            text = items.text
+        elif not items:
+            text = messages.taste_empty("/prefs add")
         else:
-            text = "Your taste profile here:\n" + render_taste(items)
-            text += "\nChange it with /prefs add and /prefs remove; /forget deletes it."
-        await interaction.followup.send(_cut(text, 2000), ephemeral=True)
+            text = "\n".join((messages.TASTE_HEADER, render_taste(items),
+                              messages.taste_help("/prefs add", "/prefs remove")))  # fmt: skip
+        await interaction.followup.send(cut(text), ephemeral=True)
 
 
 async def setup(bot: MediaBot) -> None:

@@ -9,71 +9,46 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.chunks import MESSAGE_LIMIT
+from bot.commands import Caller, Refused, messages
+from bot.commands.memory import Remembered
 from bot.discord.client import MediaBot
-from bot.discord.cogs.chat import scope_of
-from bot.memory_view import turn_lines
-from bot.moderation.rules import defuse_mentions
-from memory.profile import render
-from memory.records import Fact
-from memory.store import MemoryUnavailable
+from bot.discord.interactions import begin, caller_of, cut, place_of, refuse
+from bot.memory_view import summary_lines
 
 Button = discord.ui.Button["ConfirmForget"]
-MEMORY_DOWN = "I can't reach my memory right now; please try again in a moment."
 CONFIRM_SECONDS = 60
 
 
-def memory_summary(records: list[dict[str, object]], facts: list[Fact], where: str) -> str:
-    if not records and not facts:
-        return f"I don't remember anything of our conversation in {where}."
-    lines = []
-    if facts:
-        lines += ["What I know about you here:", render([(f.label, f.value) for f in facts])]
-    lines.append(f"I remember {len(records)} messages of our conversation in {where}.")
-    if records:
-        lines[-1] += " The last ones:"
-    lines += turn_lines(
-        records, user="you", bot="me", time_format="%Y-%m-%d", template="- {when}, {who}: {text}"
-    )
-    lines.append("Use /reset to clear this, /forget to delete everything everywhere.")
-    body = defuse_mentions("\n".join(lines))
-    return body if len(body) <= MESSAGE_LIMIT else body[: MESSAGE_LIMIT - 1] + "…"
+def memory_summary(remembered: Remembered, place: str) -> str:
+    lines = summary_lines(remembered, place, user="you", bot="me", time_format="%Y-%m-%d",
+                          template="- {when}, {who}: {text}")  # fmt: skip
+    return cut("\n".join(lines))
 
 
 class ConfirmForget(discord.ui.View):
     """Two buttons; only the user who asked can press them."""
 
-    def __init__(self, bot: MediaBot, user_id: int) -> None:
+    def __init__(self, bot: MediaBot, caller: Caller) -> None:
         super().__init__(timeout=CONFIRM_SECONDS)
         self.bot = bot
-        self.user_id = user_id
-        self.deleted: int | None = None
+        self.caller = caller
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
+        return str(interaction.user.id) == self.caller.user_id
 
     @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, _: Button) -> None:
-        try:
-            self.deleted = await self.bot.services.memory.forget(str(self.user_id))
-            media = self.bot.services.media
-            if media is not None:  # trivia scores are kept per server, not in memory
-                servers: list[str | None] = [str(g.id) for g in self.bot.guilds]
-                await media.trivia.forget_user(str(self.user_id), [*servers, None])
-        except MemoryUnavailable:
-            await interaction.response.edit_message(content=MEMORY_DOWN, view=None)
-            return
-        self.stop()
-        await interaction.response.edit_message(
-            content=f"Done: I deleted everything I stored about you ({self.deleted} messages, "
-            "in every server and in DMs).",
-            view=None,
-        )
+        # Trivia scores are kept per server: every server the bot is in.
+        servers = [str(g.id) for g in self.bot.guilds]
+        done = await self.bot.services.commands.memory.forget(self.caller, servers)
+        if not isinstance(done, Refused):
+            self.stop()
+        await interaction.response.edit_message(content=done.text, view=None)
 
     @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, _: Button) -> None:
         self.stop()
-        await interaction.response.edit_message(content="Kept everything.", view=None)
+        await interaction.response.edit_message(content=messages.KEPT, view=None)
 
 
 class Memory(commands.Cog):
@@ -81,55 +56,45 @@ class Memory(commands.Cog):
 
     def __init__(self, bot: MediaBot) -> None:
         self.bot = bot
+        self.commands = bot.services.commands.memory
 
     @app_commands.command(name="memory", description="What I remember of our conversation here")
     async def memory(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        scope = scope_of(interaction.guild)
-        try:
-            records = await self.bot.services.memory.history(scope, str(interaction.user.id))
-            facts = await self.bot.services.memory.facts(scope, str(interaction.user.id))
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
+        await begin(interaction, ephemeral=True)
+        caller = caller_of(interaction)
+        remembered = await self.commands.show(caller)
+        if isinstance(remembered, Refused):
+            await refuse(interaction, remembered, ephemeral=True)
             return
-        where = "our DMs" if interaction.guild is None else "this server"
-        await interaction.followup.send(memory_summary(records, facts, where), ephemeral=True)
+        await interaction.followup.send(memory_summary(remembered, place_of(caller)),
+                                        ephemeral=True)  # fmt: skip
 
     @app_commands.command(name="reset", description="Forget our conversation here")
     async def reset(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            count = await self.bot.services.memory.reset(
-                scope_of(interaction.guild), str(interaction.user.id)
-            )
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
-            return
-        await interaction.followup.send(
-            f"Forgot our conversation here ({count} messages).", ephemeral=True
-        )
+        await begin(interaction, ephemeral=True)
+        done = await self.commands.reset(caller_of(interaction))
+        await interaction.followup.send(done.text, ephemeral=True)
 
     @app_commands.command(name="export", description="Everything I store about you, as JSON")
     async def export(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            data = await self.bot.services.memory.export(str(interaction.user.id))
-        except MemoryUnavailable:
-            await interaction.followup.send(MEMORY_DOWN, ephemeral=True)
+        await begin(interaction, ephemeral=True)
+        data = await self.commands.export(caller_of(interaction))
+        if isinstance(data, Refused):
+            await refuse(interaction, data, ephemeral=True)
             return
         payload = json.dumps(data, indent=2, ensure_ascii=False).encode()
         await interaction.followup.send(
-            "Everything I store about you, in every server and in DMs:",
+            messages.EXPORT_INTRO,
             file=discord.File(io.BytesIO(payload), filename="mediabot-export.json"),
             ephemeral=True,
         )
 
     @app_commands.command(name="forget", description="Delete everything I store about you")
     async def forget(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await begin(interaction, ephemeral=True)
         await interaction.followup.send(
-            "This deletes everything I store about you, in every server and in DMs. Sure?",
-            view=ConfirmForget(self.bot, interaction.user.id),
+            messages.FORGET_ASK,
+            view=ConfirmForget(self.bot, caller_of(interaction)),
             ephemeral=True,
         )
 

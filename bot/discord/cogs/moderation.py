@@ -13,8 +13,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.messages import MEMORY_DOWN
 from bot.discord.client import MediaBot
-from bot.discord.cogs.memory import MEMORY_DOWN
 from bot.discord.streaming import NO_PINGS
 from bot.moderation.moderator import ModerationEvent
 from bot.moderation.policy import GuildPolicy, check_blocklist_entry
