@@ -84,3 +84,11 @@ def test_relative_links_resolve() -> None:
             if anchor:
                 assert linked.suffix == ".md", f"{doc.relative_to(REPO)}: {target}"
                 assert anchor in anchors(linked), f"{doc.relative_to(REPO)}: {target}"
+
+
+def test_the_readme_stays_a_short_front_door() -> None:
+    """Quick start first, details in docs/: the README stays under 12 KB."""
+    readme = (REPO / "README.md").read_bytes()
+    assert len(readme) < 12_000
+    text = readme.decode()
+    assert text.index("scripts/chat") < text.index("## On Discord")  # the quick start first
