@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rapidfuzz import fuzz
-
 from bot.media.catalog import Catalog, Title, concept_of, fold
 
 Ask = Literal[
@@ -25,8 +23,8 @@ Ask = Literal[
 CAST_SHOWN = 5
 WORKS_SHOWN = 8
 SUGGESTIONS = 3
-SUGGEST_CUTOFF = 72.0
-SUGGEST_RATIO = 70.0  # and within this plain edit ratio, so a shared word is not enough
+SUGGEST_RATIO = 70.0  # a "did you mean" is at least this near in plain edit ratio
+CLOSE_RATIO = 90.0  # and this near when it shares no longer word with what was asked
 MAX_SLOT_WORDS = 10
 
 # A slot is what the question asks about: a title, a person, or a word pointing back.
@@ -272,10 +270,13 @@ def not_found(slot: str, catalog: Catalog, *, person: bool = False) -> str:
         hit = catalog.person(slot, cutoff=80.0)
         text = f"I don't have anyone called “{shown}” in my catalog."
         return text + (f" Did you mean {hit}?" if hit and fold(hit) != fold(slot) else "")
+    # Close in letters and sharing a longer word, or very close: "the godfather" may
+    # mean The Black Godfather; "The Other" is only alike in letters.
+    words = {w for w in fold(slot).split() if len(w) > 3}
     near = [
         m.title.title
-        for m in catalog.find(slot, limit=SUGGESTIONS * 3, cutoff=SUGGEST_CUTOFF)
-        if fuzz.ratio(fold(slot), fold(m.title.title)) >= SUGGEST_RATIO
+        for m in catalog.near(slot, cutoff=SUGGEST_RATIO, limit=SUGGESTIONS * 2)
+        if m.score >= CLOSE_RATIO or words & set(fold(m.title.title).split())
     ]
     near = list(dict.fromkeys(n for n in near if fold(n) != fold(slot)))[:SUGGESTIONS]
     text = f"I don't have “{shown}” in my catalog, so I can't tell you about it without guessing."

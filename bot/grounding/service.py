@@ -19,8 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rapidfuzz import fuzz
-
 from bot.grounding.check import ReplyCheck
 from bot.grounding.finder import ARTICLES, Finder, Found, words_of
 from bot.grounding.questions import (
@@ -268,10 +266,8 @@ def _resolve_slot(finder: Finder, question: Question) -> tuple[list[Title], list
         return named[:FACT_TITLES], []
     # A misspelling of a whole title: near in plain edit ratio, not only by a fragment
     # ("the godfather" is not "The Black Godfather").
-    for match in catalog.find(question.slot, limit=3):
-        if fuzz.ratio(fold(question.slot), fold(match.title.title)) >= SLOT_RATIO:
-            return [match.title], []
-    return [], []
+    near = catalog.near(question.slot, cutoff=SLOT_RATIO, limit=1)
+    return ([near[0].title], []) if near else ([], [])
 
 
 def _earlier_titles(finder: Finder, message: str, turns: Sequence[Turn]) -> list[Title]:

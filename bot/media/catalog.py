@@ -222,6 +222,24 @@ class Catalog:
                     matches.append(Match(self.titles[tid], float(score)))
         return matches[:limit]
 
+    def near(self, name: str, *, cutoff: float, limit: int = 3) -> list[Match]:
+        """Titles whose whole normalised name is within `cutoff` plain edit ratio of
+        `name`'s (a misspelling of the whole name, not a shared fragment): fast enough
+        for every message, unlike `find`'s weighted ratio."""
+        key = fold(name)
+        if not key:
+            return []
+        shortlist = process.extract(key, self._names, scorer=fuzz.ratio, limit=limit * 10,
+                                    score_cutoff=cutoff)  # fmt: skip
+        # Of names alike in letters, those sharing whole words first: "the godfather" is
+        # nearer "The Black Godfather" than "The Other".
+        ranked = sorted(shortlist, key=lambda f: (-fuzz.token_set_ratio(key, f[0]), -f[1]))
+        out: list[Match] = []
+        for folded, score, _ in ranked:
+            for tid in self._by_name[folded]:
+                out.append(Match(self.titles[tid], float(score)))
+        return out[:limit]
+
     def best(self, name: str, *, cutoff: float = FUZZY_CUTOFF) -> Title | None:
         found = self.find(name, limit=1, cutoff=cutoff)
         return found[0].title if found else None
