@@ -161,6 +161,21 @@ def test_a_title_with_its_own_punctuation_is_asked_about_whole(
     assert text is not None and expected in text, text
 
 
+def test_a_name_read_as_a_misspelling_is_answered_as_a_guess_that_says_so(
+    finder: Finder,
+) -> None:
+    # The catalog has Emelie (2016), not Amélie: the answer must not read as Amélie's.
+    guess = answer_question(finder.catalog, ground(finder, "When did Amelie come out?", []))
+    assert guess is not None, guess
+    assert guess.startswith("I don't have “Amelie” in my catalog. Did you mean Emelie"), guess
+    assert "If so: Emelie" in guess and "2016" in guess
+    typo = answer_question(finder.catalog, ground(finder, "who directed Inceptoin?", []))
+    assert typo is not None and "Did you mean Inception" in typo, typo
+    # Spelt right (any case), the answer is plain.
+    plain = answer_question(finder.catalog, ground(finder, "who directed inception?", []))
+    assert plain is not None and "Did you mean" not in plain and "Christopher Nolan" in plain
+
+
 def test_a_title_the_catalog_lacks_gets_an_honest_miss_with_did_you_mean(
     finder: Finder,
 ) -> None:

@@ -163,7 +163,7 @@ def _and(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _named(title: Title) -> str:
+def labelled(title: Title) -> str:
     """ "Okja (2017 film)": the title with what tells it apart."""
     what = kind_name(title)
     return f"{title.title} ({title.year} {what})" if title.year else f"{title.title} ({what})"
@@ -183,7 +183,7 @@ def answer(question: Question, titles: Sequence[Title], catalog: Catalog) -> str
     text = _answer_one(question, t)
     others = [o for o in titles[1:3] if o.id != t.id]
     if others and question.ask in ("director", "year", "cast", "runtime", "type"):
-        also = "; ".join(f"{_named(o)}: {_answer_one(question, o)}" for o in others)
+        also = "; ".join(f"{labelled(o)}: {_answer_one(question, o)}" for o in others)
         text += f" My catalog also has another title of that name: {also}"
     return text
 
@@ -193,9 +193,9 @@ def _answer_one(question: Question, t: Title) -> str:
     match question.ask:
         case "director":
             if t.directors:
-                return f"{_named(t)} was directed by {_and(t.directors[:4])}."
+                return f"{labelled(t)} was directed by {_and(t.directors[:4])}."
             lead = f" Its cast starts with {_and(t.cast[:3])}." if t.cast else ""
-            return f"My catalog doesn't list a director for {_named(t)}.{lead}"
+            return f"My catalog doesn't list a director for {labelled(t)}.{lead}"
         case "year":
             if not t.year:
                 return f"My catalog doesn't give a year for {name} ({what})."
@@ -204,36 +204,36 @@ def _answer_one(question: Question, t: Title) -> str:
             return f"{name} ({what}) came out in {t.year}."
         case "cast":
             if not t.cast:
-                return f"My catalog doesn't list the cast of {_named(t)}."
+                return f"My catalog doesn't list the cast of {labelled(t)}."
             more = " among others" if len(t.cast) > CAST_SHOWN else ""
-            return f"{_named(t)} stars {_and(t.cast[:CAST_SHOWN])}{more}."
+            return f"{labelled(t)} stars {_and(t.cast[:CAST_SHOWN])}{more}."
         case "genre":
             if not t.genres:
-                return f"My catalog doesn't list genres for {_named(t)}."
-            return f"My catalog files {_named(t)} under {_and(t.genres)}."
+                return f"My catalog doesn't list genres for {labelled(t)}."
+            return f"My catalog files {labelled(t)} under {_and(t.genres)}."
         case "is_genre":
             labels = _and(t.genres) or "no genre"
             has = question.genre in t.concepts or any(question.genre in fold(g) for g in t.genres)
             if has:
-                return f"Yes: my catalog files {_named(t)} under {labels}."
-            return f"Not by my catalog's genres: {_named(t)} is filed under {labels}."
+                return f"Yes: my catalog files {labelled(t)} under {labels}."
+            return f"Not by my catalog's genres: {labelled(t)} is filed under {labels}."
         case "runtime":
             d = _duration(t)
             if not d:
-                return f"My catalog doesn't give the length of {_named(t)}."
+                return f"My catalog doesn't give the length of {labelled(t)}."
             if "season" in d:
-                return f"{_named(t)} has {d}."
-            return f"{_named(t)} runs {d}."
+                return f"{labelled(t)} has {d}."
+            return f"{labelled(t)} runs {d}."
         case "type":
             return f"{name} is a {what}" + (f" from {t.year}." if t.year else ".")
         case "rating":
             if not t.rating:
-                return f"My catalog doesn't give a rating for {_named(t)}."
-            return f"{_named(t)} is rated {t.rating}."
+                return f"My catalog doesn't give a rating for {labelled(t)}."
+            return f"{labelled(t)} is rated {t.rating}."
         case "country":
             if not t.country:
-                return f"My catalog doesn't say where {_named(t)} comes from."
-            return f"{_named(t)} comes from {_and([c.strip() for c in t.country.split(',')])}."
+                return f"My catalog doesn't say where {labelled(t)} comes from."
+            return f"{labelled(t)} comes from {_and([c.strip() for c in t.country.split(',')])}."
         case _:
             return ""
 

@@ -25,6 +25,7 @@ from bot.grounding.questions import (
     Question,
     answer,
     kind_name,
+    labelled,
     not_found,
     read_question,
     works,
@@ -92,6 +93,7 @@ class Grounded:
     question: Question | None = None
     facts: str = ""  # the facts slot's text ("" when the catalog has nothing to say)
     excluded: tuple[Title, ...] = ()  # every title of the names used ("kill bill": both)
+    respelt: bool = False  # the question's name was read as a misspelling of titles[0]
 
 
 @dataclass
@@ -170,11 +172,11 @@ def ground(finder: Finder, message: str, turns: Sequence[Turn]) -> Grounded:
     titles = list(found.titles)
     people = list(found.people)
     excluded = [t for m in found.mentions if m.kind == "title" for t in m.titles]
-    followed = False
+    followed = respelt = False
     if question is not None and not question.points_back:
         # What the question asks about is its slot, whole: "Velvet Atlas" is not the
         # title Velvet, though the finder saw Velvet in it.
-        titles, people = _slot_names(finder, question, found, message)
+        titles, people, respelt = _slot_names(finder, question, found, message)
         excluded += titles
     wants_back = (question is not None and question.points_back) or (
         not titles
@@ -198,6 +200,7 @@ def ground(finder: Finder, message: str, turns: Sequence[Turn]) -> Grounded:
         question=question,
         facts=facts_text(finder.catalog, titles, people[:FACT_PEOPLE]),
         excluded=tuple(dict.fromkeys(excluded)),
+        respelt=respelt and bool(titles),
     )
 
 
@@ -234,10 +237,11 @@ def _asks_back_for_person(question: Question | None) -> bool:
 
 def _slot_names(
     finder: Finder, question: Question, found: Found, message: str
-) -> tuple[list[Title], list[str]]:
+) -> tuple[list[Title], list[str], bool]:
     """The titles or person a question's slot names: a mention the finder saw that is
     the whole slot (typos corrected), else the slot read on its own ("who is in the
-    crown?": in a short slot an ordinary word may well be the title)."""
+    crown?": in a short slot an ordinary word may well be the title); and whether the
+    title was read as a misspelling (then the answer says which title it took)."""
     wanted = words_of(question.slot)
     if len(wanted) > 1 and wanted[0] in ARTICLES:
         wanted = wanted[1:]
@@ -247,27 +251,27 @@ def _slot_names(
             said = said[1:]
         if said == wanted or (mention.corrected and len(said) == len(wanted)):
             if mention.kind == "title" and not question.about_person:
-                return list(mention.titles), []
+                return list(mention.titles), [], mention.corrected > 0
             if mention.kind == "person" and question.about_person:
-                return [], [mention.person]
+                return [], [mention.person], False
     return _resolve_slot(finder, question)
 
 
-def _resolve_slot(finder: Finder, question: Question) -> tuple[list[Title], list[str]]:
+def _resolve_slot(finder: Finder, question: Question) -> tuple[list[Title], list[str], bool]:
     catalog = finder.catalog
     if question.about_person:
         person = catalog.person(question.slot)
         if person is None:
             found = finder.find(question.slot)
-            return [], found.people[:1]
-        return [], [person]
+            return [], found.people[:1], False
+        return [], [person], False
     named = finder.titles_named(question.slot)
     if named:
-        return named[:FACT_TITLES], []
+        return named[:FACT_TITLES], [], False
     # A misspelling of a whole title: near in plain edit ratio, not only by a fragment
     # ("the godfather" is not "The Black Godfather").
     near = catalog.near(question.slot, cutoff=SLOT_RATIO, limit=1)
-    return ([near[0].title], []) if near else ([], [])
+    return ([near[0].title], [], True) if near else ([], [], False)
 
 
 def _earlier_titles(finder: Finder, message: str, turns: Sequence[Turn]) -> list[Title]:
@@ -366,7 +370,14 @@ def answer_question(catalog: Catalog, grounded: Grounded) -> str | None:
     if grounded.titles:
         first = grounded.titles[0]
         same = [t for t in grounded.excluded if fold(t.title) == fold(first.title)]
-        return answer(question, [first, *[t for t in same if t.id != first.id]], catalog)
+        text = answer(question, [first, *[t for t in same if t.id != first.id]], catalog)
+        if grounded.respelt and text:
+            # Read as a misspelling: say which title the answer is about, so a name the
+            # catalog lacks ("Amelie") is not answered as if it were the near one.
+            shown = " ".join(question.slot.split())[:80]
+            guess = f"Did you mean {labelled(first)}? If so: {text}"
+            return f"I don't have “{shown}” in my catalog. {guess}"
+        return text
     if question.points_back:
         return "Which title do you mean? Name it and I'll look it up in my catalog."
     if question.ask in ("cast", "is_genre") and not _looks_like_a_name(question.slot):
