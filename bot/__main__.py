@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         help="messages of the long-conversation run, one member past the context window "
         "(default 12; 0 skips it)",
     )  # fmt: skip
+    load.add_argument(
+        "--no-llamacpp", action="store_true",
+        help="skip the llama.cpp column (run when LLAMA_SERVER or the bench extra gives "
+        "llama-server)",
+    )  # fmt: skip
     load.add_argument("--out", type=Path, help="also write the JSON result here")
     load.add_argument("--png", type=Path, help="also plot throughput and TTFT here")
     sub.add_parser(
@@ -218,6 +223,12 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
         print(json.dumps(await against_generate_batch(settings), indent=2))
         return 0
+    from bench.llamacpp import side_by_side
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    llamacpp = side_by_side(settings, enabled=not args.no_llamacpp, progress=note)
     result = await bench(
         settings,
         levels=levels,
@@ -228,6 +239,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
         png=args.png,
         history=not args.no_history,
         long_messages=args.long_messages,
+        llamacpp=llamacpp,
     )
     print(json.dumps(result, indent=2))
     print(report(result), file=sys.stderr)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.llamacpp import table as llamacpp_table
 from bot.bench_memory import percentile
 from bot.generation.base import GenerationParams, Owner
 from bot.generation.batch import BatchRequest
@@ -468,7 +469,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-async def main(
+async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
     settings: Settings,
     *,
     levels: list[int],
@@ -479,6 +480,7 @@ async def main(
     png: Path | None,
     history: bool = True,
     long_messages: int = 0,
+    llamacpp: Any = None,  # bench/llamacpp.py's SideBySide: llama.cpp after each level
 ) -> dict[str, Any]:
     from memory.connection import open_redis
 
@@ -516,6 +518,10 @@ async def main(
         "attention": batched.fast.attention if batched.fast else None,
         "remembered_history": history,
     }
+    if llamacpp is not None:
+        result["llamacpp"] = await llamacpp.prepare(
+            threads=result["torch_threads"], prompt_budget=budget, params=params
+        )
     try:
         async with open_redis(url, data_dir=settings.redis.data_dir) as client:
             store = MemoryStore(client, keys=Keys(prefix))
@@ -531,8 +537,9 @@ async def main(
                 scope = Scope("baseline")
                 result["baseline"] = await baseline(lone, rig, scope, members, seconds)
                 result["batched"] = await run_levels(
-                    batched, rig, levels, seconds, result["baseline"]["tokens_per_s"]
-                )
+                    batched, rig, levels, seconds, result["baseline"]["tokens_per_s"],
+                    llamacpp=llamacpp,
+                )  # fmt: skip
                 if long_messages:
                     if batched.engine is not None:
                         batched.engine.prefixes.clear()
@@ -586,8 +593,9 @@ def ttft_ratios(levels: list[dict[str, Any]]) -> dict[str, float]:
 
 
 async def run_levels(
-    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float
-) -> list[dict[str, Any]]:
+    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float,
+    *, llamacpp: Any = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Each concurrency level, in its own conversations (seeded alike), with the prefix
     cache's share of the prompts."""
     engine = batched.engine
@@ -611,6 +619,15 @@ async def run_levels(
             # members' next messages, building windows, storing turns).
             level["model_busy"] = round(counts["busy_s"] / level["seconds"], 2)
         level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2)
+        if llamacpp is not None and llamacpp.available:
+            # The same members, conversations and messages against llama.cpp's server;
+            # and the engine's memory as the bot serves that many (a fresh process).
+            level["llamacpp"] = await llamacpp.level(
+                users, lambda gen, u=users: run_level(gen, rig, Scope(f"llamacpp-{u}"), u, seconds)
+            )
+            level["serving_peak_rss_mb"] = await asyncio.to_thread(
+                serving_memory, users, min(seconds, 20.0), rig.params.max_new_tokens, rig.history
+            )
         out.append(level)
     return out
 
@@ -643,6 +660,7 @@ def report(result: dict[str, Any]) -> str:
             "messages each: too short a level for a steady mix of new and running "
             "conversations (raise --seconds)"
         )
+    lines += llamacpp_table(result)
     if "long_conversation" in result:
         lc = result["long_conversation"]
         lines.append(
