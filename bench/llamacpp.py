@@ -182,7 +182,7 @@ def server_command(
         "--threads-batch", str(threads),
         "--cache-ram", str(cache_mb),
         "--repeat-penalty", str(repetition_penalty),
-        "--repeat-last-n", "-1",
+        "--repeat-last-n", str(slot_context),  # the whole context: prompt and reply
         "--no-webui",
     ]  # fmt: skip
 

@@ -127,7 +127,8 @@ def test_the_command_lines() -> None:
     assert value("--parallel") == "8" and value("--ctx-size") == str(8 * 2304)
     assert value("--threads") == value("--threads-batch") == "2"
     assert value("--alias") == llamacpp.ALIAS and value("--model") == "m.gguf"
-    assert value("--repeat-penalty") == "1.1" and value("--cache-ram") == "144"
+    assert value("--repeat-penalty") == "1.1" and value("--repeat-last-n") == "2304"
+    assert value("--cache-ram") == "144"
     assert quantize_command(Path("q"), Path("in.gguf"), Path("out.gguf"), 2) == [
         "q", "--allow-requantize", "in.gguf", "out.gguf", "BF16", "2"
     ]  # fmt: skip
