@@ -18,8 +18,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from bot.generation.base import GenerationError, GenerationParams, Generator
-from memory.context import TokenCounter
+from bot.generation.base import GenerationError, GenerationParams, Generator, TokenCounter
 from memory.keys import Scope
 from memory.records import StoredTurn, Summary
 from memory.store import MemoryStore, MemoryUnavailable, UpkeepBusy
