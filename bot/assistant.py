@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot import BOT_NAME
 from bot.commands import Caller, Commands, Refused, messages
+from bot.context.build import ContextWindow, context_budget
+from bot.context.window import WindowPolicy, assemble_window, load_snapshot
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
 from bot.grounding.check import ReplyCheck
 from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
@@ -34,11 +36,9 @@ from bot.moderation.rules import Rules
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
-from memory.context import ContextWindow, context_budget
 from memory.keys import Scope
 from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
-from memory.window import WindowPolicy, assemble_window, load_snapshot
 from prompts import Persona, load_persona, load_rules
 
 if TYPE_CHECKING:

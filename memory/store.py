@@ -49,12 +49,6 @@ class MemorySnapshot:
     taste: list[TasteItem] = field(default_factory=list)
 
     @property
-    def profile(self) -> str:
-        lines = fact_rules.render([(f.label, f.value) for f in self.facts])
-        taste = fact_rules.render_taste(self.taste)
-        return "\n".join(x for x in (lines, taste) if x)
-
-    @property
     def summary_text(self) -> str:
         return self.summary.text if self.summary else ""
 

@@ -12,6 +12,7 @@ import pytest
 
 from bot.assistant import Assistant, ReplyRequest
 from bot.bench_recommend import run as precision_run
+from bot.context.profile import profile_slot
 from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator
 from bot.media.catalog import Catalog
@@ -100,8 +101,8 @@ async def test_chat_teaches_the_profile_which_export_shows_and_forget_deletes(
     }
     # The profile slot of the next window shows it.
     snapshot = await store.load(SCOPE, "u1", token_budget=1000)
-    assert "- likes: Dark (title)" in snapshot.profile
-    assert "- dislikes: horror (genre)" in snapshot.profile
+    assert "- likes: Dark (title)" in profile_slot(snapshot.facts, snapshot.taste)
+    assert "- dislikes: horror (genre)" in profile_slot(snapshot.facts, snapshot.taste)
     # Liking horror later replaces disliking it.
     change = await media.add_pref(SCOPE, "u1", "like", "scary")
     assert change.outcome == "added" and change.item is not None
