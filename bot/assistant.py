@@ -36,9 +36,10 @@ from bot.moderation.rules import Rules
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
+from memory.errors import MemoryUnavailable
 from memory.keys import Scope
 from memory.records import Turn
-from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
+from memory.store import MemorySnapshot, MemoryStore
 from prompts import Persona, load_persona, load_rules
 
 if TYPE_CHECKING:

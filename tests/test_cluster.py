@@ -25,9 +25,10 @@ from bot.media.trivia import Trivia, make_question
 from bot.moderation.policy import GuildPolicy, Moderation
 from bot.moderation.ratelimit import Limits, RateLimiter
 from memory.connection import RedisClient
+from memory.errors import MemoryUnavailable
 from memory.keys import Keys, Scope
 from memory.records import Summary, TasteItem, Turn
-from memory.store import MemoryStore, MemoryUnavailable, load_script
+from memory.store import MemoryStore, load_script
 from tests.conftest import connect
 from tests.redis_cluster import LocalCluster
 from tests.test_catalog import DATA

@@ -208,7 +208,7 @@ async def test_grounding_off_is_chat_as_before(
 async def test_without_memory_the_message_is_still_grounded(
     store: MemoryStore, keys: Keys, catalog: Catalog, generator: LocalGenerator
 ) -> None:
-    from memory.store import MemoryUnavailable
+    from memory.errors import MemoryUnavailable
 
     assistant = assistant_for(store, keys, catalog, generator)
 

@@ -17,7 +17,7 @@ from bot.discord.client import ERROR_SENTENCE, MediaBot
 from bot.discord.interactions import scope_of
 from bot.discord.streaming import NO_PINGS, DiscordSink
 from bot.textclean import clean_input
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 
 log = logging.getLogger(__name__)
 
