@@ -13,7 +13,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +25,7 @@ from memory.errors import MemoryUnavailable, redis_errors
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, TasteItem, Turn
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,9 @@ EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 _WITH_INDEX = frozenset({"append", "delete_message", "edit_message"})
 
 
-def load_script(name: str) -> str:
-    """A script from memory/lua; those that change turns get the shared index helpers."""
-    folder = resources.files("memory") / "lua"
-    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    if name in _WITH_INDEX:
-        body = (folder / "_index.lua").read_text(encoding="utf-8") + body
-    return body
+def _script(name: str) -> str:
+    """A script of memory/lua; those that change turns get the shared index helpers."""
+    return load_script("memory", name, helpers=("_index",) if name in _WITH_INDEX else ())
 
 
 class MemoryStore:
@@ -98,19 +94,19 @@ class MemoryStore:
         self.keys = keys or Keys()
         self.max_turns = max_turns
         self.retention_seconds = retention_seconds
-        self._append: AsyncScript = client.register_script(load_script("append"))
-        self._load: AsyncScript = client.register_script(load_script("load"))
-        self._forget: AsyncScript = client.register_script(load_script("forget"))
-        self._reset: AsyncScript = client.register_script(load_script("reset"))
-        self._delete: AsyncScript = client.register_script(load_script("delete_message"))
-        self._edit: AsyncScript = client.register_script(load_script("edit_message"))
-        self._profile_set: AsyncScript = client.register_script(load_script("profile_set"))
-        self._summary_set: AsyncScript = client.register_script(load_script("summary_set"))
+        self._append: AsyncScript = client.register_script(_script("append"))
+        self._load: AsyncScript = client.register_script(_script("load"))
+        self._forget: AsyncScript = client.register_script(_script("forget"))
+        self._reset: AsyncScript = client.register_script(_script("reset"))
+        self._delete: AsyncScript = client.register_script(_script("delete_message"))
+        self._edit: AsyncScript = client.register_script(_script("edit_message"))
+        self._profile_set: AsyncScript = client.register_script(_script("profile_set"))
+        self._summary_set: AsyncScript = client.register_script(_script("summary_set"))
         self._unlock: AsyncScript = client.register_script(_UNLOCK)
-        self._taste_set: AsyncScript = client.register_script(load_script("taste_set"))
-        self._taste_remove: AsyncScript = client.register_script(load_script("taste_remove"))
-        self._history: AsyncScript = client.register_script(load_script("history"))
-        self._story_set: AsyncScript = client.register_script(load_script("story_set"))
+        self._taste_set: AsyncScript = client.register_script(_script("taste_set"))
+        self._taste_remove: AsyncScript = client.register_script(_script("taste_remove"))
+        self._history: AsyncScript = client.register_script(_script("history"))
+        self._story_set: AsyncScript = client.register_script(_script("story_set"))
         self.learner: TasteLearner | None = None
 
     @property

@@ -28,14 +28,16 @@ from memory.connection import RedisClient
 from memory.errors import MemoryUnavailable
 from memory.keys import Keys, Scope
 from memory.records import Summary, TasteItem, Turn
-from memory.store import MemoryStore, load_script
+from memory.scripts import load_script
+from memory.store import MemoryStore
 from tests.conftest import connect
 from tests.redis_cluster import LocalCluster
 from tests.test_catalog import DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("bot", "memory", "bench")
-LUA = REPO / "memory" / "lua"
+# Every feature's scripts: a `lua/` folder in its package (see memory/scripts.py).
+LUA = sorted(p for top in SOURCES for p in (REPO / top).rglob("lua/*.lua"))
 
 
 def _ours(filename: str) -> str | None:
@@ -60,7 +62,7 @@ def _site(summary: traceback.FrameSummary) -> str:
 
 @dataclass
 class Registered:
-    name: str  # memory/lua/<name>.lua, or inline@<file> for a script written in Python
+    name: str  # <package>/lua/<name>.lua, or inline@<file> for a script written in Python
     where: traceback.FrameSummary
     script: AsyncScript  # held, so that no later script reuses its id()
     calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # site, keys
@@ -73,9 +75,13 @@ class Recorder:
     def __init__(self) -> None:
         self.scripts: dict[int, Registered] = {}
         by_text = {}
-        for path in LUA.glob("*.lua"):
-            if not path.name.startswith("_"):  # _index.lua is a helper, prepended
-                by_text[load_script(path.stem)] = path.stem
+        for path in LUA:
+            if path.name.startswith("_"):
+                continue  # a helper (_index.lua), prepended to the scripts that use it
+            package = ".".join(path.parent.parent.relative_to(REPO).parts)
+            helpers = [h.stem for h in path.parent.glob("_*.lua")]
+            for used in ([], *([h] for h in helpers)):
+                by_text[load_script(package, path.stem, helpers=used)] = path.stem
         self._by_text = by_text
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +208,8 @@ async def test_every_script_keeps_to_one_slot_at_every_call_site(
     # Every script the code registers was run: a new one without a run here fails.
     registered = {(_ours(r.where.filename), r.where.lineno) for r in recorder.scripts.values()}
     assert register_sites() <= {(f, n) for f, n in registered}, table
-    assert {p.stem for p in LUA.glob("*.lua") if not p.stem.startswith("_")} <= {
+    assert len({p.stem for p in LUA}) == len(LUA), "two scripts share a name"
+    assert {p.stem for p in LUA if not p.stem.startswith("_")} <= {
         r.name for r in recorder.scripts.values()
     }, table
     never = [r.name for r in recorder.scripts.values() if not r.calls]

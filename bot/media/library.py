@@ -30,7 +30,7 @@ from bot.media.catalog import Catalog, Title, fold
 from memory.connection import RedisClient
 from memory.errors import MemoryUnavailable, redis_errors
 from memory.keys import Keys
-from memory.store import load_script
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +284,8 @@ class Library:
         self._catalog: Catalog | None = fixed
         self._fixed = fixed is not None
         self._checked = 0.0
-        self._store = client.register_script(load_script("catalog_store"))
-        self._load = client.register_script(load_script("catalog_load"))
+        self._store = client.register_script(load_script("bot.media", "catalog_store"))
+        self._load = client.register_script(load_script("bot.media", "catalog_load"))
 
     @property
     def titles_key(self) -> str:

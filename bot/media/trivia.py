@@ -8,7 +8,7 @@ option outside the genre). No model is involved.
 In Redis, per server: a question is a hash with its answer and deadline, the members
 who answered are a set beside it, and the leaderboard is a sorted set. One Lua script
 stores a question with its expiry; another takes an answer: it refuses a second answer
-and a late one, and scores a right one, atomically (`memory/lua/trivia_answer.lua`).
+and a late one, and scores a right one, atomically (`bot/media/lua/trivia_answer.lua`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bot.media.catalog import Catalog, Title, fold, genre_concept
 from memory.connection import RedisClient
 from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import load_script
+from memory.scripts import load_script
 
 KINDS = ("director", "year", "genre", "odd")
 LETTERS = "ABCD"
@@ -201,8 +201,8 @@ class Trivia:
         self._redis = client
         self.keys = keys
         self.seconds = seconds
-        self._answer = client.register_script(load_script("trivia_answer"))
-        self._post = client.register_script(load_script("trivia_post"))
+        self._answer = client.register_script(load_script("bot.media", "trivia_answer"))
+        self._post = client.register_script(load_script("bot.media", "trivia_post"))
 
     def _guild(self, guild_id: str | None) -> str:
         return guild_id or "dm"

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from memory.connection import RedisClient
 from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import load_script
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ class Moderation:
         self.keys = keys or Keys()
         self.defaults = defaults or GuildPolicy()
         self.log_max = log_max
-        self._strike = client.register_script(load_script("strike"))
-        self._flood = client.register_script(load_script("flood"))
-        self._inflight = client.register_script(load_script("inflight"))
-        self._set_policy = client.register_script(load_script("policy_set"))
+        self._strike = client.register_script(load_script("bot.moderation", "strike"))
+        self._flood = client.register_script(load_script("bot.moderation", "flood"))
+        self._inflight = client.register_script(load_script("bot", "inflight"))
+        self._set_policy = client.register_script(load_script("bot.moderation", "policy_set"))
 
     # -- policy ----------------------------------------------------------------
 

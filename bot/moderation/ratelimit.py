@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from memory.connection import RedisClient
 from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import load_script
+from memory.scripts import load_script
 
 SECONDS_PER_MINUTE = 60.0
 
@@ -37,7 +37,7 @@ class RateLimiter:
         self._redis = client
         self.limits = limits
         self.keys = keys or Keys()
-        self._take = client.register_script(load_script("take_token"))
+        self._take = client.register_script(load_script("bot.moderation", "take_token"))
 
     def _user_key(self, user_id: str) -> str:
         return f"{self.keys.user_tag(user_id)}:ratelimit"
