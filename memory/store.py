@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +65,6 @@ LOCK_MS = 30_000
 # The keys each script takes, in its order (see the script's header).
 LOAD_KINDS = ("turns", "turn", "terms", "profile", "summary", "postings", "stats", "taste")
 MAX_TASTE_ITEMS = 500
-# Learns taste items from what a user said (set once the catalog is loaded).
-TasteLearner = Callable[[str], list[TasteItem]]
 DELETE_KINDS = ("turns", "turn", "msg", "terms", "profile", "summary", "postings", "stats")
 EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 
@@ -107,7 +105,6 @@ class MemoryStore:
         self._taste_remove: AsyncScript = client.register_script(_script("taste_remove"))
         self._history: AsyncScript = client.register_script(_script("history"))
         self._story_set: AsyncScript = client.register_script(_script("story_set"))
-        self.learner: TasteLearner | None = None
 
     @property
     def client(self) -> RedisClient:
@@ -206,13 +203,6 @@ class MemoryStore:
         return AppendResult(stored=True, user_turn_id=uid, assistant_turn_id=int(result[2]))
 
     async def _set_facts(self, scope: Scope, user_id: str, turn_id: int, turn: Turn) -> int:
-        if self.learner is not None:
-            learned = [
-                item.model_copy(update={"message_id": turn.message_id, "time": turn.time})
-                for item in self.learner(turn.text)
-            ]
-            if learned:
-                await self.add_taste(scope, user_id, learned)
         found = fact_rules.extract(turn.text)
         if not found:
             return 0
@@ -250,7 +240,8 @@ class MemoryStore:
         self, scope: Scope, user_id: str, message_id: str, text: str, tokens: int
     ) -> bool:
         """Replace the stored text of a message its author edited, and what was drawn
-        from it (recall entry, facts); a summary that covered it goes stale."""
+        from it (recall entry, facts; its taste items go, for the caller to learn
+        again); a summary that covered it goes stale."""
         keys = [self.keys.scope_key(user_id, scope, k) for k in EDIT_KINDS]
         now = time.time()
         with redis_errors():

@@ -144,11 +144,6 @@ def redis_url(cluster_redis_url: str) -> str:
 async def run_every_feature(client: RedisClient, keys: Keys, catalog: Catalog) -> None:
     """Each part of the bot that keeps state in Redis, through its own methods."""
     store = MemoryStore(client, keys=keys, retention_seconds=3600)
-    # What the catalog would learn from "I love horror": taste items with the turn.
-    store.learner = lambda text: (
-        [TasteItem(polarity="like", kind="genre", key="horror", value="horror")]
-        * ("horror" in text)
-    )
     guild, dm = Scope("g1"), Scope(None)
     now = time.time()
     for n, scope in enumerate((guild, dm, guild)):
@@ -156,6 +151,10 @@ async def run_every_feature(client: RedisClient, keys: Keys, catalog: Catalog) -
                     message_id=f"m{n}", tokens=8)  # fmt: skip
         answer = Turn(role="assistant", text="Noted.", time=now, message_id=f"r{n}", tokens=2)
         await store.append(scope, "u1", said, answer)
+        # What the pipeline learns from "I love horror": taste items with the turn.
+        liked = TasteItem(polarity="like", kind="genre", key="horror", value="horror",
+                          source="chat", message_id=f"m{n}", time=now)  # fmt: skip
+        await store.add_taste(scope, "u1", [liked])
     await store.load(guild, "u1", token_budget=100, max_candidates=5, query_terms=["horror"])
     await store.edit_message(guild, "u1", "m0", "My name is Bea", 4)
     await store.delete_message(guild, "u1", "m2")

@@ -82,7 +82,6 @@ def make_media(store: MemoryStore, catalog: Catalog, generator: object) -> Media
         generator,  # type: ignore[arg-type]
         blurb_params=GenerationParams(max_new_tokens=40, temperature=0.0),
     )
-    media._attach()
     return media
 
 
@@ -94,6 +93,8 @@ async def test_chat_teaches_the_profile_which_export_shows_and_forget_deletes(
                 message_id="m1", tokens=9)  # fmt: skip
     reply = Turn(role="assistant", text="Noted!", time=6.0, tokens=2)
     await store.append(SCOPE, "u1", said, reply)
+    # The reply pipeline's step after storing the turn (see test_grounded_chat.py).
+    await media.learn_taste(SCOPE, "u1", said.text, message_id=said.message_id, at=said.time)
     items = await media.taste(SCOPE, "u1")
     assert {(i.polarity, i.value, i.source, i.message_id) for i in items} == {
         ("like", "Dark", "chat", "m1"),
