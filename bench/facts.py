@@ -34,11 +34,11 @@ from typing import Any
 
 from bench.stats import percentile
 from bot.assistant import Assistant, ReplyRequest
+from bot.context.build import ContextWindow
 from bot.grounding.finder import Finder
 from bot.media.catalog import Catalog, Title, fold
 from bot.media.recommend import Recommender
 from bot.settings import GroundingSettings, Settings
-from memory.context import ContextWindow
 from memory.keys import Scope
 
 ANSWERABLE = ("director", "year", "cast", "genre", "runtime", "followup")

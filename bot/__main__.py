@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bot.context.build import ContextError
 from bot.generation.base import GenerationError
 from bot.metrics import MetricsUnavailable
 from bot.settings import Settings, describe_error
 from memory.connection import RedisUnavailable, open_redis
-from memory.context import ContextError
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 from prompts import PromptError, load_persona
 
 EXIT_SETTINGS = 2

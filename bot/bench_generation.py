@@ -37,15 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from bot.bench_memory import percentile
+from bot.context.build import context_budget
+from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.base import GenerationParams, Owner
 from bot.generation.batch import BatchRequest
 from bot.generation.local import LocalGenerator
 from bot.settings import Settings
-from memory.context import context_budget
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
-from memory.window import WindowPolicy, assemble_window
 
 SYSTEM = (
     "You are mediabot, a friendly and concise assistant for films, TV shows, music, games, "

@@ -5,7 +5,7 @@ Synthetic conversations of 50, 200 and 1,000 turns are written to a real Redis t
 the memory store, with facts planted at random depths ("my dog is called Biscuit") among
 ordinary media chat and distractors that share their words. At the end each fact is
 asked about, the context window is assembled exactly as a reply would assemble it
-(`memory.window.assemble_window`: load, recall, build; no model call), and a fact counts
+(`bot.context.window.assemble_window`: load, recall, build; no model call), and a fact counts
 as recalled when its value is inside the window: in a recent turn, a recalled turn, the
 profile or the summary. In the same run a last-K baseline fills the same budget with
 recent turns only. Reported: recall for both, assembly latency p50/p95 (real Redis),
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.context.build import context_budget
+from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.tokenizer import ChatTokenizer
 from bot.upkeep import Upkeep
-from memory.context import context_budget
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore
-from memory.window import WindowPolicy, assemble_window
 from prompts import load_persona, load_rules
 
 SIZES = (50, 200, 1000)

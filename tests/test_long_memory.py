@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.base import GenerationParams, GeneratorBusy
 from bot.generation.local import LocalGenerator
 from bot.upkeep import Upkeep, summary_lines
@@ -18,7 +19,6 @@ from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, rank, terms
 from memory.records import Summary, Turn
 from memory.store import MemoryStore, UpkeepBusy
-from memory.window import WindowPolicy, assemble_window
 from tests.conftest import REDIS_CLUSTER
 
 pytestmark = REDIS_CLUSTER

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
+from bot.generation.base import ChatMessage, GenerationError, GenerationParams, GeneratorBusy, Owner
 from bot.generation.batch import BatchEngine, BatchRequest
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
@@ -32,7 +32,6 @@ from bot.generation.weights import (
     offline,
 )
 from bot.settings import ModelSettings
-from memory.context import ChatMessage
 
 if TYPE_CHECKING:
     from bot.generation.llama import LlamaModel
