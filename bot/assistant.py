@@ -566,11 +566,15 @@ class Assistant:
                 stored = await self.memory.append(
                     request.scope, request.user_id, user_turn, bot_turn
                 )
-                if stored.stored:  # a retried message learns nothing twice
-                    await self._learn_taste(request.scope, request.user_id, user_turn)
         except MemoryUnavailable as exc:
             log.warning("memory append failed: %s", exc)
             return False
+        if stored.stored:  # a retried message learns nothing twice
+            try:
+                with self._memory_op("write"):
+                    await self._learn_taste(request.scope, request.user_id, user_turn)
+            except MemoryUnavailable as exc:  # the exchange is kept; its taste is not
+                log.warning("taste learning failed: %s", exc)
         self.upkeep.schedule(
             request.scope, request.user_id, window.oldest_turn_id, snapshot.summary
         )
