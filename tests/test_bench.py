@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.bench_generation import CONVERSATION_TURNS, against_generate_batch, main, report
+from bench.generation import CONVERSATION_TURNS, against_generate_batch, main, report
 from bot.generation.ways import ATTENTION, PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings

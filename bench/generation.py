@@ -1,4 +1,5 @@
-"""`python -m bot bench`: generation under load, in one process and one run.
+"""`python -m bench generation` (`mediabot bench`): generation under load, in one
+process and one run.
 
 1. Baseline: the 8-member workload one request at a time through transformers'
    `generate` (the `GENERATION_MAX_BATCH=1` path: sequential, no batching), on the
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.bench_memory import percentile
+from bench.stats import percentile
 from bot.generation.base import GenerationParams, Owner
 from bot.generation.batch import BatchRequest
 from bot.generation.local import LocalGenerator
@@ -316,7 +317,7 @@ def cold_start(cache_dir: Path) -> tuple[float, float]:
     env = {**os.environ, "MODEL_CACHE_DIR": str(cache_dir)}
     started = time.time()
     out = subprocess.run(
-        [sys.executable, "-m", "bot.bench_generation", "--first-token"],
+        [sys.executable, "-m", "bench.generation", "--first-token"],
         env=env, capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
     first, rss = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
@@ -327,7 +328,7 @@ def serving_memory(members: int, seconds: float, max_new_tokens: int, history: b
     """Peak RSS in MB of a fresh process loaded as the bot loads (no transformers model)
     serving `members` members for `seconds`."""
     out = subprocess.run(
-        [sys.executable, "-m", "bot.bench_generation", "--serve", str(members), str(seconds),
+        [sys.executable, "-m", "bench.generation", "--serve", str(members), str(seconds),
          str(max_new_tokens), "1" if history else "0"],
         capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
