@@ -439,7 +439,7 @@ def steady_malloc() -> bool:
     engine frees KV copies of a few MB to tens of MB all the time (cached prefixes,
     rows read out), so after the first, they came from the heap and their memory stayed
     with the process: 8 members talking for 30 s peaked at 1.41 GB against 1.09 GB
-    with the threshold held at 8 MB (float32, measured by `python -m bot bench`).
+    with the threshold held at 8 MB (float32, measured by `python -m bench generation`).
     Blocks below 8 MB (a pass's activations) stay on the heap, reused as before.
     Returns whether the allocator took the setting."""
     if sys.platform != "linux":
