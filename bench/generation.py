@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.stats import percentile
-from bot.cli import progress
 from bot.generation.base import GenerationError, GenerationParams, Owner
 from bot.generation.batch import BatchRequest
 from bot.generation.local import LocalGenerator
@@ -314,6 +313,13 @@ async def long_conversation(
         "ttft_p50_s": round(percentile(ttfts, 0.50), 3),
         "ttft_p95_s": round(percentile(ttfts, 0.95), 3),
     }
+
+
+def progress(text: str) -> None:
+    """A step worth a line (the model's first conversion), on stderr: stdout is JSON.
+    (Not bot.cli's: the cold-start child imports this module, and only what the bot's
+    loading needs.)"""
+    print(text, file=sys.stderr, flush=True)
 
 
 def prompt_tokens_read(gen: LocalGenerator) -> int:
