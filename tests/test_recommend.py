@@ -10,8 +10,8 @@ import re
 
 import pytest
 
+from bench.recommend import run as precision_run
 from bot.assistant import Assistant, ReplyRequest
-from bot.bench_recommend import run as precision_run
 from bot.context.profile import profile_slot
 from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator

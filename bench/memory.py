@@ -1,5 +1,5 @@
-"""`python -m bot bench-memory`: does the context window still hold what a user said
-hundreds of turns ago?
+"""`python -m bench memory` (`mediabot bench-memory`): does the context window still
+hold what a user said hundreds of turns ago?
 
 Synthetic conversations of 50, 200 and 1,000 turns are written to a real Redis through
 the memory store, with facts planted at random depths ("my dog is called Biscuit") among
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from bot.context.build import context_budget
 from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.tokenizer import ChatTokenizer
@@ -141,11 +142,6 @@ def conversation(rng: random.Random, turns: int) -> tuple[list[str], list[Plante
     return messages, planted
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def run(
     store: MemoryStore,
     counter: ChatTokenizer,
@@ -260,7 +256,7 @@ async def embedding_recall(
     all-MiniLM embeddings stored in Redis (as a deployment would keep them)."""
     import numpy as np
 
-    client = store._redis
+    client = store.client
     vectors_key = f"{store.keys.prefix}:bench:vectors:{user}"
     history = await store.history(scope, user)
     users = [(int(h["id"]), str(h["text"])) for h in history if h.get("role") == "user"]
