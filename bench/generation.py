@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import resource
@@ -205,22 +206,28 @@ async def one_request(
 
 
 async def run_level(
-    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
-) -> dict[str, Any]:
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float, *,
+    at_least: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """`users` members at once for `seconds`: each sends a message, reads the reply,
-    sends the next, until the time is up."""
+    sends the next, until the time is up. With `at_least`, each member's first that
+    many messages are answered whole however long they take (the level then lasts as
+    long as they do: a slow machine gives slower figures, never empty ones)."""
     start = time.perf_counter()
     deadline = start + seconds
 
     async def member(u: int) -> list[Result]:
-        results, turn = [], 0
-        while time.perf_counter() < deadline:
-            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+        results: list[Result] = []
+        turn = 0
+        while time.perf_counter() < deadline or turn < at_least:
+            until = deadline if turn >= at_least else math.inf
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=until))
             turn += 1
         return results
 
     per_user = await asyncio.gather(*(member(u) for u in range(users)))
-    return summarise([r for rs in per_user for r in rs], seconds, users)
+    wall = max(seconds, time.perf_counter() - start)
+    return summarise([r for rs in per_user for r in rs], wall, users)
 
 
 def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
@@ -255,20 +262,24 @@ def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
 
 
 async def baseline(
-    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
-) -> dict[str, Any]:
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float, *,
+    at_least: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """The `users`-member workload (the same conversations, the same messages) strictly
-    one request after another through `generate`, for `seconds`."""
+    one request after another through `generate`, for `seconds` (and `at_least` whole
+    messages of each member, as `run_level`)."""
     start = time.perf_counter()
     deadline = start + seconds
-    results, turn = [], 0
-    while time.perf_counter() < deadline:
+    results: list[Result] = []
+    turn = 0
+    while time.perf_counter() < deadline or turn < at_least:
         for u in range(users):
-            if time.perf_counter() >= deadline:
+            if time.perf_counter() >= deadline and turn >= at_least:
                 break
-            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+            until = deadline if turn >= at_least else math.inf
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=until))
         turn += 1
-    summary = summarise(results, seconds, 1)
+    summary = summarise(results, max(seconds, time.perf_counter() - start), 1)
     summary["requests_per_member"] = round(len(results) / users, 1)
     return summary
 
@@ -500,7 +511,11 @@ async def main(
     png: Path | None,
     history: bool = True,
     long_messages: int = 0,
+    at_least: int = 0,
 ) -> dict[str, Any]:
+    """The benchmark (see the module's docstring); `at_least`: each member's first
+    messages answered whole in every level and in the baseline, whatever the clock
+    says (for the tests, which must not depend on the machine's speed)."""
     from memory.connection import open_redis
 
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -549,10 +564,11 @@ async def main(
                 # The baseline runs the 8-member workload (the same conversations and
                 # messages as the 8-member level), one request at a time.
                 members = min(max(levels), 8)
-                scope = Scope("baseline")
-                result["baseline"] = await baseline(lone, rig, scope, members, seconds)
+                result["baseline"] = base = await baseline(
+                    lone, rig, Scope("baseline"), members, seconds, at_least=at_least
+                )
                 result["batched"] = await run_levels(
-                    batched, rig, levels, seconds, result["baseline"]["tokens_per_s"]
+                    batched, rig, levels, seconds, base["tokens_per_s"], at_least=at_least
                 )
                 if long_messages:
                     if batched.engine is not None:
@@ -607,8 +623,9 @@ def ttft_ratios(levels: list[dict[str, Any]]) -> dict[str, float]:
 
 
 async def run_levels(
-    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float
-) -> list[dict[str, Any]]:
+    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float, *,
+    at_least: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Each concurrency level, in its own conversations (seeded alike), with the prefix
     cache's share of the prompts."""
     engine = batched.engine
@@ -620,7 +637,7 @@ async def run_levels(
         if engine is not None:
             engine.prefixes.clear()
         before = batched.engine_stats()
-        level = await run_level(batched, rig, scope, users, seconds)
+        level = await run_level(batched, rig, scope, users, seconds, at_least=at_least)
         after = batched.engine_stats()
         if before is not None and after is not None:
             counts = {k: v - asdict(before)[k] for k, v in asdict(after).items()}
@@ -632,7 +649,7 @@ async def run_levels(
             # Share of the level's time the model was computing (the rest: waiting for
             # members' next messages, building windows, storing turns).
             level["model_busy"] = round(counts["busy_s"] / level["seconds"], 2)
-        level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2)
+        level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2) if base else None
         out.append(level)
     return out
 
@@ -718,7 +735,7 @@ def report(result: dict[str, Any]) -> str:
     short = []
     for lv in result["batched"]:
         lines.append(
-            f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline']:>10}  "
+            f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline'] or '-':>10}  "
             f"{lv['ttft_p50_s']:>8}  {lv['ttft_p95_s']:>8}  "
             f"{lv['ttft_after_opening_p95_s'] or '-':>17}  {lv['per_token_ms']:>8}"
         )
