@@ -71,7 +71,7 @@ def _recommend_options(rec: argparse.ArgumentParser) -> None:
 
 
 def _facts_options(facts: argparse.ArgumentParser) -> None:
-    facts.add_argument("--questions", type=int, default=240, help="questions (default 240)")
+    facts.add_argument("--questions", type=int, default=280, help="questions (default 280)")
     facts.add_argument("--seed", type=int, default=11, help="question seed (default 11)")
     facts.add_argument(
         "--concurrency", type=int, default=8, help="members asking at once (default 8)"

@@ -397,7 +397,7 @@ def finder_times(finder: Finder, asked: Sequence[Question]) -> dict[str, float]:
 
 
 async def run(
-    settings: Settings, *, count: int = 240, seed: int = 11, concurrency: int = 8,
+    settings: Settings, *, count: int = 280, seed: int = 11, concurrency: int = 8,
     progress: Any = print, prefix: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The whole benchmark on a key prefix of its own, deleted afterwards."""
