@@ -34,11 +34,11 @@ from typing import Any
 
 from bench.stats import percentile
 from bot.assistant import Assistant, ReplyRequest
+from bot.context.build import ContextWindow
 from bot.grounding.finder import Finder
 from bot.media.catalog import Catalog, Title, fold
 from bot.media.recommend import Recommender
 from bot.settings import GroundingSettings, Settings
-from memory.context import ContextWindow
 from memory.keys import Scope
 
 ANSWERABLE = ("director", "year", "cast", "genre", "runtime", "followup")
@@ -397,7 +397,7 @@ def finder_times(finder: Finder, asked: Sequence[Question]) -> dict[str, float]:
 
 
 async def run(
-    settings: Settings, *, count: int = 240, seed: int = 11, concurrency: int = 8,
+    settings: Settings, *, count: int = 280, seed: int = 11, concurrency: int = 8,
     progress: Any = print, prefix: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The whole benchmark on a key prefix of its own, deleted afterwards."""

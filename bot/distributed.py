@@ -3,7 +3,7 @@ several processes): capacity handed out as leases, and the gate that spaces the
 shards' identifies the way Discord asks.
 
 A lease is a request id in a Redis sorted set, scored by when it runs out. Taking one
-is one script (`memory/lua/inflight.lua`: drop the expired, then take if under the
+is one script (`bot/lua/inflight.lua`: drop the expired, then take if under the
 cap); giving it back is one ZREM; a process that dies holding one loses it when it runs
 out. A long holder renews its lease while it works (a heartbeat at a third of the
 lease), so a lease can be short and a dead process's capacity comes back soon.
@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from memory.connection import RedisClient
 from memory.keys import Keys
-from memory.store import load_script
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class Leases:
         self.key = key
         self.cap = cap
         self.lease_ms = max(1, int(lease_s * 1000))
-        self._take = client.register_script(load_script("inflight"))
-        self._renew = client.register_script(load_script("lease_renew"))
+        self._take = client.register_script(load_script("bot", "inflight"))
+        self._renew = client.register_script(load_script("bot", "lease_renew"))
 
     async def take(self, request_id: str) -> bool:
         """Take a lease for `request_id` if one is free (or it holds one already)."""

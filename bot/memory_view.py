@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from bot.commands import messages
 from bot.commands.memory import Remembered
+from bot.context.profile import render
 from bot.textclean import strip_controls
-from memory.profile import render
 
 SHOWN_TURNS = 10
 SHOWN_CHARS = 150

@@ -4,10 +4,11 @@ discord.py) for the Discord bot, the terminal chat and the benchmarks alike.
 
 Names follow the inference servers' where they overlap (vLLM's `num_requests_running`,
 `time_to_first_token_seconds`, `e2e_request_latency_seconds`,
-`request_queue_time_seconds`, `prompt_tokens_total`, `generation_tokens_total`), with a
-`mediabot_` prefix; the rest are the bot's own: replies by outcome, moderation actions
-by rule, rate-limit refusals, memory latency and errors, context-window tokens by slot,
-grounding, prefix-cache hits, and gateway latency per shard.
+`request_queue_time_seconds`, `prompt_tokens_total`, `generation_tokens_total`,
+`prefix_cache_queries_total`, `prefix_cache_hits_total`), with a `mediabot_` prefix; the
+rest are the bot's own: replies by outcome, moderation actions by rule, rate-limit
+refusals, memory latency and errors, context-window tokens by slot, grounding, the
+prefix cache's hit ratio and the engine's passes, and gateway latency per shard.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,6 +31,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from bot.generation.batch import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +108,8 @@ class Metrics:
             f"{NS}_grounding", "Catalog answers, and reply sentences repaired or dropped.",
             ["event"], registry=r,
         )  # fmt: skip
-        self.prefix_cache_hits = Gauge(
-            f"{NS}_prefix_cache_hit_tokens", "Prompt tokens read from the prefix cache.",
-            registry=r,
-        )  # fmt: skip
-        self.prefix_cache_queries = Gauge(
-            f"{NS}_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache.",
-            registry=r,
-        )  # fmt: skip
+        self.engine = EngineCollector()
+        r.register(self.engine)
         self.gateway_latency = Gauge(
             f"{NS}_gateway_latency_seconds", "Discord gateway heartbeat latency.", ["shard"],
             registry=r,
@@ -139,6 +139,43 @@ class Metrics:
             raise
         finally:
             self.memory_latency.labels(op).observe(time.perf_counter() - began)
+
+
+class EngineCollector(Collector):
+    """The batch engine's counts (`EngineStats`), read at each scrape from `read` (set
+    by `watch_queue`); nothing while it is unset or returns None (no engine)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], EngineStats | None] | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # (the names depend on whether there is an engine)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self.read() if self.read is not None else None
+        except Exception:  # a broken reader must not break the scrape
+            log.exception("reading the engine's counts failed")
+            return
+        if stats is None:
+            return
+        yield CounterMetricFamily(
+            f"{NS}_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+            value=stats.prefix_query_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            f"{NS}_prefix_cache_hits", "Prompt tokens taken from the prefix cache.",
+            value=stats.prefix_hit_tokens,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            f"{NS}_prefix_cache_hit_ratio",
+            "Share of the prompt tokens taken from the prefix cache, since the start.",
+            value=stats.prefix_hit_ratio,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            f"{NS}_engine_forward_passes", "Forward passes of the batch engine.",
+            value=stats.passes,
+        )  # fmt: skip
 
 
 @dataclass
@@ -205,17 +242,16 @@ async def serve(metrics: Metrics, health: Health, *, host: str, port: int) -> As
 
 
 def watch_queue(metrics: Metrics, generator: Any) -> None:
-    """Queue and prefix-cache gauges read from the generator at each scrape."""
+    """The queue's gauges and the batch engine's counts (`engine_stats`, a local
+    generator's), read from the generator at each scrape."""
     queue = getattr(generator, "queue", None)
 
     def refresh() -> None:
         if queue is not None:
             metrics.requests_running.set(getattr(queue, "running", 0))
             metrics.requests_waiting.set(getattr(queue, "waiting", 0))
-        stats = getattr(generator, "prefix_stats", None)
-        if callable(stats):
-            hits, queries = stats()
-            metrics.prefix_cache_hits.set(hits)
-            metrics.prefix_cache_queries.set(queries)
 
     metrics.on_collect(refresh)
+    engine_stats = getattr(generator, "engine_stats", None)
+    if callable(engine_stats):
+        metrics.engine.read = engine_stats

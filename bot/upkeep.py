@@ -18,11 +18,11 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from bot.generation.base import GenerationError, GenerationParams, Generator
-from memory.context import TokenCounter
+from bot.generation.base import GenerationError, GenerationParams, Generator, TokenCounter
+from memory.errors import MemoryUnavailable
 from memory.keys import Scope
 from memory.records import StoredTurn, Summary
-from memory.store import MemoryStore, MemoryUnavailable, UpkeepBusy
+from memory.store import MemoryStore, UpkeepBusy
 from prompts import load_task
 
 log = logging.getLogger(__name__)

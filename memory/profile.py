@@ -1,14 +1,15 @@
 """Profile facts a user states about themselves, extracted by rules (no model): name,
 pronouns, favourites, what they have seen, pets, where they live, what they can't
-stand. Each fact has a field; a newer statement of a field replaces the older one."""
+stand. Each fact has a field; a newer statement of a field replaces the older one.
+
+The store runs these rules on every turn it writes (and again on an edit), as it
+computes a turn's recall terms: the facts are an index of what was said, deleted and
+rebuilt with the turn. How they read in a prompt is `bot/context/profile.py`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-from memory.records import TasteItem
 
 _END = (
     r"(?=\s*(?:[.,!?;:)]|\b(?:and|but|last|yesterday|today|this|now|again|too|though|"
@@ -84,28 +85,3 @@ def extract(text: str) -> list[Statement]:
             if value and len(value) <= 80:
                 found[field] = Statement(field, label, value)
     return list(found.values())
-
-
-def render(facts: list[tuple[str, str]]) -> str:
-    """The profile slot: one line per fact, e.g. "- favourite film: Heat"; the facts of
-    one label (several seen titles) share a line."""
-    grouped: dict[str, list[str]] = {}
-    for label, value in facts:
-        grouped.setdefault(label, []).append(value)
-    return "\n".join(f"- {label}: {', '.join(values)}" for label, values in grouped.items())
-
-
-TASTE_LABELS = {"like": "likes", "dislike": "dislikes", "seen": "has seen"}
-TASTE_SHOWN = 12  # per line, newest first: the profile slot is small
-
-
-def render_taste(items: Sequence[TasteItem]) -> str:
-    """The taste profile in the profile slot: "- likes: horror (genre), Dark (title)"."""
-    lines = []
-    for polarity, label in TASTE_LABELS.items():
-        chosen = sorted((i for i in items if i.polarity == polarity), key=lambda i: -i.time)
-        if chosen:
-            shown = ", ".join(f"{i.value} ({i.kind})" for i in chosen[:TASTE_SHOWN])
-            more = len(chosen) - TASTE_SHOWN
-            lines.append(f"- {label}: {shown}" + (f", and {more} more" if more > 0 else ""))
-    return "\n".join(lines)

@@ -11,9 +11,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,17 +21,15 @@ from redis.exceptions import RedisError
 
 from memory import profile as fact_rules
 from memory.connection import RedisClient
+from memory.errors import MemoryUnavailable, redis_errors
 from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, index_entry
 from memory.records import Fact, StoredTurn, Summary, TasteItem, Turn
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
 FORGET_RETRIES = 10
-
-
-class MemoryUnavailable(Exception):
-    """Redis could not be reached or answered with an error; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +44,6 @@ class MemorySnapshot:
     summary: Summary | None = None
     skipped: int = 0
     taste: list[TasteItem] = field(default_factory=list)
-
-    @property
-    def profile(self) -> str:
-        lines = fact_rules.render([(f.label, f.value) for f in self.facts])
-        taste = fact_rules.render_taste(self.taste)
-        return "\n".join(x for x in (lines, taste) if x)
 
     @property
     def summary_text(self) -> str:
@@ -74,8 +65,6 @@ LOCK_MS = 30_000
 # The keys each script takes, in its order (see the script's header).
 LOAD_KINDS = ("turns", "turn", "terms", "profile", "summary", "postings", "stats", "taste")
 MAX_TASTE_ITEMS = 500
-# Learns taste items from what a user said (set once the catalog is loaded).
-TasteLearner = Callable[[str], list[TasteItem]]
 DELETE_KINDS = ("turns", "turn", "msg", "terms", "profile", "summary", "postings", "stats")
 EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 
@@ -83,13 +72,9 @@ EDIT_KINDS = ("turn", "msg", "terms", "profile", "summary", "postings", "stats")
 _WITH_INDEX = frozenset({"append", "delete_message", "edit_message"})
 
 
-def load_script(name: str) -> str:
-    """A script from memory/lua; those that change turns get the shared index helpers."""
-    folder = resources.files("memory") / "lua"
-    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    if name in _WITH_INDEX:
-        body = (folder / "_index.lua").read_text(encoding="utf-8") + body
-    return body
+def _script(name: str) -> str:
+    """A script of memory/lua; those that change turns get the shared index helpers."""
+    return load_script("memory", name, helpers=("_index",) if name in _WITH_INDEX else ())
 
 
 class MemoryStore:
@@ -107,20 +92,19 @@ class MemoryStore:
         self.keys = keys or Keys()
         self.max_turns = max_turns
         self.retention_seconds = retention_seconds
-        self._append: AsyncScript = client.register_script(load_script("append"))
-        self._load: AsyncScript = client.register_script(load_script("load"))
-        self._forget: AsyncScript = client.register_script(load_script("forget"))
-        self._reset: AsyncScript = client.register_script(load_script("reset"))
-        self._delete: AsyncScript = client.register_script(load_script("delete_message"))
-        self._edit: AsyncScript = client.register_script(load_script("edit_message"))
-        self._profile_set: AsyncScript = client.register_script(load_script("profile_set"))
-        self._summary_set: AsyncScript = client.register_script(load_script("summary_set"))
+        self._append: AsyncScript = client.register_script(_script("append"))
+        self._load: AsyncScript = client.register_script(_script("load"))
+        self._forget: AsyncScript = client.register_script(_script("forget"))
+        self._reset: AsyncScript = client.register_script(_script("reset"))
+        self._delete: AsyncScript = client.register_script(_script("delete_message"))
+        self._edit: AsyncScript = client.register_script(_script("edit_message"))
+        self._profile_set: AsyncScript = client.register_script(_script("profile_set"))
+        self._summary_set: AsyncScript = client.register_script(_script("summary_set"))
         self._unlock: AsyncScript = client.register_script(_UNLOCK)
-        self._taste_set: AsyncScript = client.register_script(load_script("taste_set"))
-        self._taste_remove: AsyncScript = client.register_script(load_script("taste_remove"))
-        self._history: AsyncScript = client.register_script(load_script("history"))
-        self._story_set: AsyncScript = client.register_script(load_script("story_set"))
-        self.learner: TasteLearner | None = None
+        self._taste_set: AsyncScript = client.register_script(_script("taste_set"))
+        self._taste_remove: AsyncScript = client.register_script(_script("taste_remove"))
+        self._history: AsyncScript = client.register_script(_script("history"))
+        self._story_set: AsyncScript = client.register_script(_script("story_set"))
 
     @property
     def client(self) -> RedisClient:
@@ -128,10 +112,8 @@ class MemoryStore:
         return self._redis
 
     async def ping(self) -> None:
-        try:
+        with redis_errors():
             await self._redis.ping()
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def load(
         self,
@@ -149,12 +131,10 @@ class MemoryStore:
         facts and the summary."""
         k = self.keys
         keys = [k.scope_key(user_id, scope, kind) for kind in LOAD_KINDS]
-        try:
+        with redis_errors():
             recent, older, profile, summary, stats, taste = await self._load(
                 keys=keys, args=[max_turns, token_budget, max_candidates, *query_terms]
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         turns, skipped = self._parse(recent, where=keys[1])
         turns.reverse()
         candidates = Candidate.parse_lines(_text(older))
@@ -174,10 +154,8 @@ class MemoryStore:
         if not ids:
             return []
         key = self.keys.scope_key(user_id, scope, "turn")
-        try:
+        with redis_errors():
             raws = await self._redis.hmget(key, [str(i) for i in ids])  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         flat = [x for i, raw in zip(ids, raws, strict=True) if raw is not None for x in (i, raw)]
         return self._parse(flat, where=key)[0]
 
@@ -186,10 +164,8 @@ class MemoryStore:
     ) -> list[StoredTurn]:
         """Stored turns with ids from `first` to `last`, oldest first."""
         order = self.keys.scope_key(user_id, scope, "turns")
-        try:
+        with redis_errors():
             ids = await self._redis.zrangebyscore(order, first, last)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return await self.turns_by_id(scope, user_id, [int(_text(i)) for i in ids])  # type: ignore[arg-type]
 
     async def append(
@@ -216,10 +192,8 @@ class MemoryStore:
             index_entry("user", user_turn.time, user_turn.tokens, user_turn.text),
             index_entry("assistant", assistant_turn.time, assistant_turn.tokens, ""),
         ]
-        try:
+        with redis_errors():
             result = await self._append(keys=keys, args=args)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if int(result[0]) == 0:
             return AppendResult(stored=False, user_turn_id=int(result[1]))
         uid = int(result[1])
@@ -229,13 +203,6 @@ class MemoryStore:
         return AppendResult(stored=True, user_turn_id=uid, assistant_turn_id=int(result[2]))
 
     async def _set_facts(self, scope: Scope, user_id: str, turn_id: int, turn: Turn) -> int:
-        if self.learner is not None:
-            learned = [
-                item.model_copy(update={"message_id": turn.message_id, "time": turn.time})
-                for item in self.learner(turn.text)
-            ]
-            if learned:
-                await self.add_taste(scope, user_id, learned)
         found = fact_rules.extract(turn.text)
         if not found:
             return 0
@@ -250,27 +217,21 @@ class MemoryStore:
             )
             args += [statement.field, fact.model_dump_json()]
         key = self.keys.scope_key(user_id, scope, "profile")
-        try:
+        with redis_errors():
             return int(await self._profile_set(keys=[key], args=args))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def reset(self, scope: Scope, user_id: str) -> int:
         """Clear one scope of one user; returns how many turns went."""
         keys = [self.keys.index(user_id), *self.keys.scope_keys(user_id, scope)]
-        try:
+        with redis_errors():
             return int(await self._reset(keys=keys, args=[]))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def delete_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
         """Remove the turn of a message its author deleted, with its recall entry and the
         facts it stated; a summary that covered it goes stale. False if none was stored."""
         keys = [self.keys.scope_key(user_id, scope, k) for k in DELETE_KINDS]
-        try:
+        with redis_errors():
             deleted = bool(await self._delete(keys=keys, args=[message_id]))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if deleted:
             await self.remove_taste(scope, user_id, message_id=message_id)
         return deleted
@@ -279,18 +240,17 @@ class MemoryStore:
         self, scope: Scope, user_id: str, message_id: str, text: str, tokens: int
     ) -> bool:
         """Replace the stored text of a message its author edited, and what was drawn
-        from it (recall entry, facts); a summary that covered it goes stale."""
+        from it (recall entry, facts; its taste items go, for the caller to learn
+        again); a summary that covered it goes stale."""
         keys = [self.keys.scope_key(user_id, scope, k) for k in EDIT_KINDS]
         now = time.time()
-        try:
+        with redis_errors():
             turn_id = int(
                 await self._edit(
                     keys=keys,
                     args=[message_id, text, tokens, index_entry("user", now, tokens, text)[2:]],
                 )
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if not turn_id:
             return False
         await self.remove_taste(scope, user_id, message_id=message_id)
@@ -300,10 +260,8 @@ class MemoryStore:
 
     async def _hash(self, key: str) -> list[Any]:
         """A hash as a flat field, value, … list (as the Lua scripts return one)."""
-        try:
+        with redis_errors():
             raw = await self._redis.hgetall(key)  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return [x for kv in raw.items() for x in kv]
 
     async def facts(self, scope: Scope, user_id: str) -> list[Fact]:
@@ -323,10 +281,8 @@ class MemoryStore:
         for item in items:
             args += [item.field, item.model_dump_json(), item.opposite or ""]
         keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "taste")]
-        try:
+        with redis_errors():
             return int(await self._taste_set(keys=keys, args=args))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def remove_taste(
         self,
@@ -341,29 +297,23 @@ class MemoryStore:
             return 0
         args = ["message", message_id] if message_id is not None else ["field", *fields]
         keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "taste")]
-        try:
+        with redis_errors():
             return int(await self._taste_remove(keys=keys, args=args))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def summary(self, scope: Scope, user_id: str) -> Summary | None:
         key = self.keys.scope_key(user_id, scope, "summary")
-        try:
+        with redis_errors():
             raw = await self._redis.get(key)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return self._summary(raw, where=key)
 
     async def set_summary(self, scope: Scope, user_id: str, summary: Summary, read: int) -> bool:
         """Write a new summary unless another writer replaced version `read` meanwhile."""
         key = self.keys.scope_key(user_id, scope, "summary")
         body = summary.model_dump_json(exclude={"version"})
-        try:
+        with redis_errors():
             version = await self._summary_set(
                 keys=[key], args=[read, body, self.retention_seconds or 0]
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return bool(int(version))
 
     @contextlib.asynccontextmanager
@@ -372,10 +322,8 @@ class MemoryStore:
         Raises `UpkeepBusy` at once when it is held; expires by itself if a holder dies."""
         key = self.keys.scope_key(user_id, scope, "lock")
         token = secrets.token_hex(16)
-        try:
+        with redis_errors():
             acquired = await self._redis.set(key, token, nx=True, px=LOCK_MS)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if not acquired:
             raise UpkeepBusy(key)
         try:
@@ -387,17 +335,13 @@ class MemoryStore:
     async def has_message(self, scope: Scope, user_id: str, message_id: str) -> bool:
         """Whether a turn for this message id is stored in the scope."""
         key = self.keys.scope_key(user_id, scope, "msg")
-        try:
+        with redis_errors():
             return bool(await self._redis.hexists(key, message_id))  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def scopes(self, user_id: str) -> list[Scope]:
         """Every scope this user has memory in."""
-        try:
+        with redis_errors():
             members = await self._redis.smembers(self.keys.index(user_id))  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         found = {self.keys.scope_of(user_id, _text(m)) for m in members}
         return sorted((s for s in found if s is not None), key=lambda s: s.name)
 
@@ -405,10 +349,8 @@ class MemoryStore:
         """Every record stored in one scope, oldest first, unreadable ones included
         as their raw text (it is still the user's data)."""
         keys = [self.keys.scope_key(user_id, scope, k) for k in ("turn", "turns")]
-        try:
+        with redis_errors():
             *records, order = await self._history(keys=keys, args=[])
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         by_id = {_text(records[i]): _text(records[i + 1]) for i in range(0, len(records), 2)}
         ordered = [_text(i) for i in order if _text(i) in by_id]
         ordered += sorted(set(by_id) - set(ordered), key=lambda s: (len(s), s))
@@ -446,12 +388,10 @@ class MemoryStore:
         # script keeps to one cluster slot whatever an index was made to hold.
         own = self.keys.user_tag(user_id) + ":"
         for _ in range(FORGET_RETRIES):
-            try:
+            with redis_errors():
                 members = sorted(_text(m) for m in await self._redis.smembers(index))  # type: ignore[misc]
                 mine = [m for m in members if m.startswith(own)]
                 result = int(await self._forget(keys=[index, *mine], args=[len(members)]))
-            except RedisError as exc:
-                raise MemoryUnavailable(str(exc)) from exc
             if result >= 0:
                 return result
         raise MemoryUnavailable("the memory index kept changing while it was being deleted")
@@ -499,10 +439,8 @@ class MemoryStore:
     async def story(self, scope: Scope, user_id: str) -> Any:
         """The interactive story in progress here (its JSON), or None."""
         key = self.keys.scope_key(user_id, scope, "story")
-        try:
+        with redis_errors():
             raw = await self._redis.get(key)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if raw is None:
             return None
         try:
@@ -514,10 +452,8 @@ class MemoryStore:
         """Save (or with None, end) the story in progress; it is part of the user's
         memory, so /export shows it and /forget deletes it."""
         keys = [self.keys.index(user_id), self.keys.scope_key(user_id, scope, "story")]
-        try:
+        with redis_errors():
             await self._story_set(keys=keys, args=[state or "", self.retention_seconds or 0])
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     @staticmethod
     def _summary(raw: bytes | str | None, *, where: str) -> Summary | None:

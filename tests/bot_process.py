@@ -15,9 +15,9 @@ import uuid
 from typing import Any
 
 from bot.assistant import ReplyRequest
+from bot.context.build import ContextWindow
 from bot.services import open_services
 from bot.settings import Settings
-from memory.context import ContextWindow
 from memory.keys import Scope
 
 

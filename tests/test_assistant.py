@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from bot import assistant as pipeline
 from bot.assistant import Assistant, ReplyRequest
-from bot.generation.base import GenerationError, GenerationParams
+from bot.context.build import ContextWindow
+from bot.generation.base import ChatMessage, GenerationError, GenerationParams
 from bot.generation.local import LocalGenerator
 from memory.connection import EmbeddedRedis, client_for_url
-from memory.context import ChatMessage, ContextWindow
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import make_settings

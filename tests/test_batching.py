@@ -124,10 +124,10 @@ async def test_batched_replies_are_the_reference_greedy_replies(
     exact: LocalGenerator, lone: LocalGenerator
 ) -> None:
     assert exact.engine is not None
-    exact.engine.widest = 0
+    exact.engine.stats.widest = 0
     prompts = [exact.render(chat(q)) for q in QUESTIONS]
     got = await asyncio.gather(*(decode(exact.engine, p, GREEDY) for p in prompts))
-    assert exact.engine.widest >= 4  # they really decoded together
+    assert exact.engine.stats.widest >= 4  # they really decoded together
     for prompt, ids in zip(prompts, got, strict=True):
         assert ids
         assert_greedy(lone, prompt, ids)
@@ -146,11 +146,11 @@ async def test_a_request_joining_a_running_batch_decodes_the_same(
     first, longer, shorter = (exact.render(chat(q)) for q in (QUESTIONS[1], QUESTIONS[5], "Hi!"))
     started = asyncio.Event()
     assert exact.engine is not None
-    steps = exact.engine.steps
+    steps = exact.engine.stats.passes
 
     async def run_first() -> list[int]:
         task = asyncio.create_task(decode(exact.engine, first, GREEDY))
-        while exact.engine is not None and exact.engine.steps < steps + 3:  # noqa: ASYNC110
+        while exact.engine is not None and exact.engine.stats.passes < steps + 3:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # the engine's thread counts passes: poll it
         started.set()
         return await task
@@ -198,7 +198,7 @@ async def test_prompts_read_in_chunks_while_rows_come_and_go(
         got = await asyncio.gather(
             *(decode(engine, p, k) for p, k in zip(prompts, params, strict=True))
         )
-        assert engine.prefixes.hits >= 2  # the last two repeat earlier prompts
+        assert engine.stats.prefix_hits >= 2  # the last two repeat earlier prompts
         for prompt, ids, n in zip(prompts, got, lengths, strict=True):
             assert_greedy(lone, prompt, ids, limit=n)
         assert engine.running == 0
@@ -224,14 +224,14 @@ async def test_a_reply_cancelled_while_its_prompt_is_read_frees_its_slot(
         )  # fmt: skip
         engine.submit(cancelled)
         follower = asyncio.create_task(decode(engine, second, GREEDY))
-        while engine.steps < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
+        while engine.stats.passes < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
             await asyncio.sleep(0.005)
         cancelled.stop.set()
         assert await asyncio.wait_for(ended, 60) is None
         ids = await asyncio.wait_for(follower, 60)  # not left waiting for the cancelled one
         assert_greedy(lone, second, ids)
         assert engine.running == 0
-        assert engine.prefixes.hits == 0  # it could not copy from the cancelled one
+        assert engine.stats.prefix_hits == 0  # it could not copy from the cancelled one
     finally:
         engine.close()
 
@@ -258,7 +258,7 @@ async def test_a_short_prompt_is_read_before_a_long_one_that_came_first(
             ids: list[int] = []
 
             def token(t: int) -> None:
-                firsts.setdefault(name, engine.steps)
+                firsts.setdefault(name, engine.stats.passes)
                 ids.append(t)
 
             engine.submit(
@@ -272,7 +272,7 @@ async def test_a_short_prompt_is_read_before_a_long_one_that_came_first(
             return ids
 
         first = asyncio.create_task(timed("long", long))
-        while engine.steps < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
+        while engine.stats.passes < 2:  # noqa: ASYNC110 (the engine's thread counts passes)
             await asyncio.sleep(0.005)
         second = asyncio.create_task(timed("short", short))
         long_ids, short_ids = await first, await second
@@ -393,9 +393,12 @@ async def test_a_prompt_copies_its_start_from_a_row_decoding_now(
         shared_tokens = next(
             i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b
         )
-        assert engine.prefixes.hits == 1
-        assert engine.prefixes.reused == shared_tokens
-        assert engine.read == len(first) + len(second) - shared_tokens
+        stats = engine.snapshot()
+        assert stats.prefix_lookups == 2 and stats.prefix_hits == 1
+        assert stats.prefix_hit_tokens == shared_tokens
+        assert stats.read == len(first) + len(second) - shared_tokens
+        assert stats.prefix_query_tokens == len(first) + len(second)
+        assert stats.prefix_hit_ratio == shared_tokens / (len(first) + len(second))
         assert_greedy(lone, second, ids)
     finally:
         engine.close()
@@ -517,25 +520,26 @@ async def test_prefix_reuse_decodes_the_same_and_skips_the_shared_start(
     cached KV: every token is still the reference's greedy choice (up to a rounding
     tie), and the shared part is not run again."""
     assert exact.engine is not None
-    prefixes = exact.engine.prefixes
+    prefixes, stats = exact.engine.prefixes, exact.engine.stats
     await read_in_full(exact)
-    hits, reused = prefixes.hits, prefixes.reused
+    hits, reused = stats.prefix_hits, stats.prefix_hit_tokens
     first_prompt = exact.render(chat(QUESTIONS[0]))
     first = await decode(exact.engine, first_prompt, GREEDY)
     assert_greedy(lone, first_prompt, first)
     second_prompt = exact.render(chat(QUESTIONS[4]))  # same system prompt
     assert_greedy(lone, second_prompt, await decode(exact.engine, second_prompt, GREEDY))
     system_tokens = exact.count_prompt_tokens(chat(""))
-    assert prefixes.hits == hits + 1 and prefixes.reused - reused >= system_tokens - 8
+    assert stats.prefix_hits == hits + 1
+    assert stats.prefix_hit_tokens - reused >= system_tokens - 8
     # The next turn of the first conversation reuses the prompt and the reply.
     turn = [*chat(QUESTIONS[0]), {"role": "assistant", "content": exact.decode(first)},
             {"role": "user", "content": "And another one?"}]  # fmt: skip
     turn_prompt = exact.render(turn)
-    before = prefixes.reused
+    before = stats.prefix_hit_tokens
     assert_greedy(lone, turn_prompt, await decode(exact.engine, turn_prompt, GREEDY))
     # (the reply too: its KV is kept before the request hears it has finished)
     first_exchange = exact.count_prompt_tokens(chat(QUESTIONS[0])) + exact.count_tokens(
         exact.decode(first)
     )
-    assert prefixes.reused - before >= first_exchange - 2
+    assert stats.prefix_hit_tokens - before >= first_exchange - 2
     assert prefixes.tokens <= prefixes.capacity

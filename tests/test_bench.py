@@ -1,13 +1,19 @@
-"""`python -m bot bench` end to end on a small scale: it runs the baseline and every
-concurrency level through the real context builder and Redis, and writes its JSON and
-plot. (Its figures are read from a full run, never asserted as timings.)"""
+"""`python -m bench generation` (`mediabot bench`) end to end on a small scale: it runs
+the baseline and every concurrency level through the real context builder and Redis,
+and writes its JSON and plot. (Its figures are read from a full run, never asserted as
+timings.) And the two command lines of the benchmarks: `python -m bench NAME` and the
+`mediabot bench*` commands that hand over to it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bot.bench_generation import CONVERSATION_TURNS, against_generate_batch, main, report
+import pytest
+
+import bench.__main__ as bench_cli
+import bot.__main__ as bot_cli
+from bench.generation import CONVERSATION_TURNS, against_generate_batch, main, report
 from bot.generation.ways import ATTENTION, PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings
@@ -20,7 +26,7 @@ async def test_the_benchmark_reports_every_level_and_plots(
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = await main(
         settings, levels=[1, 3], seconds=8, max_new_tokens=4, cold=False,
-        out=out, png=png, long_messages=3,
+        out=out, png=png, long_messages=3, at_least=2,
     )  # fmt: skip
     assert json.loads(out.read_text()) == result
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,3 +84,48 @@ async def test_the_comparison_with_generate_batch_runs_both(keys: Keys, redis_ur
     result = await against_generate_batch(make_settings(keys, redis_url), prompts=2, tokens=4)
     assert result["prompts"] == 2 and result["new_tokens"] == 4
     assert result["generate_batch_tokens_per_s"] > 0 and result["engine_tokens_per_s"] > 0
+
+
+def test_every_benchmark_runs_by_both_names_with_the_same_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert set(bench_cli.COMMANDS) == {"generation", "memory", "recommend", "facts", "soak"}
+    for name, (command, _) in bench_cli.COMMANDS.items():
+        with pytest.raises(SystemExit):
+            bot_cli.main([command, "-h"])
+        mediabot = capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            bench_cli.main([name, "-h"])
+        python_m_bench = capsys.readouterr().out
+        assert mediabot.startswith(f"usage: mediabot {command} ")
+        assert python_m_bench.startswith(f"usage: python -m bench {name} ")
+        options = mediabot.split("options:")[1]
+        assert options == python_m_bench.split("options:")[1] and "--out" in options
+        assert command in bot_cli._parser().format_help()  # listed by `mediabot -h`
+
+
+def test_a_bad_option_is_refused_alike_by_both_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bot_cli.main(["bench", "--users", "1,x"]) == bot_cli.EXIT_SETTINGS
+    mediabot = capsys.readouterr().err
+    assert bench_cli.main(["generation", "--users", "1,x"]) == bot_cli.EXIT_SETTINGS
+    assert capsys.readouterr().err == mediabot
+    assert "--users takes numbers separated by commas" in mediabot
+    with pytest.raises(SystemExit) as usage:
+        bot_cli.main(["bench-soak", "--members", "many"])
+    assert usage.value.code == 2 and "mediabot bench-soak: error" in capsys.readouterr().err
+
+
+def test_mediabot_bench_recommend_gives_what_python_m_bench_recommend_gives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "rec.json"
+    assert bot_cli.main(["bench-recommend", "--users", "4", "--out", str(out)]) == 0
+    theirs = capsys.readouterr()
+    assert bench_cli.main(["recommend", "--users", "4"]) == 0
+    ours = capsys.readouterr()
+    first, second = json.loads(theirs.out), json.loads(ours.out)
+    assert json.loads(out.read_text()) == first
+    for result in (first, second):
+        del result["ms_per_request"]  # (a timing)
+    assert first == second and first["users"] == 4
+    assert "precision@5 over 4 synthetic users" in theirs.err

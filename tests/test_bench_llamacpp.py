@@ -1,4 +1,4 @@
-"""The llama.cpp column of `python -m bot bench` (bench/llamacpp.py), without llama.cpp:
+"""The llama.cpp column of `mediabot bench` (bench/llamacpp.py), without llama.cpp:
 finding the binaries or saying how to get them, the command lines, the BF16 weights
 made once, and the server's life (started, ready, driven through the remote backend by
 the benchmark's own members, stopped or killed) against tests/llama_stand_in.py, a
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench import llamacpp
+from bench.generation import Rig, report, run_level
 from bench.llamacpp import (
     LlamaCppError,
     bf16_gguf,
@@ -28,12 +29,11 @@ from bench.llamacpp import (
     stop,
     table,
 )
-from bot.bench_generation import Rig, report, run_level
+from bot.context.window import WindowPolicy
 from bot.generation.base import GenerationParams
 from memory.connection import open_redis
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
-from memory.window import WindowPolicy
 from tests.conftest import make_settings
 
 STAND_IN = Path(__file__).with_name("llama_stand_in.py")

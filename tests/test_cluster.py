@@ -25,16 +25,19 @@ from bot.media.trivia import Trivia, make_question
 from bot.moderation.policy import GuildPolicy, Moderation
 from bot.moderation.ratelimit import Limits, RateLimiter
 from memory.connection import RedisClient
+from memory.errors import MemoryUnavailable
 from memory.keys import Keys, Scope
 from memory.records import Summary, TasteItem, Turn
-from memory.store import MemoryStore, MemoryUnavailable, load_script
+from memory.scripts import load_script
+from memory.store import MemoryStore
 from tests.conftest import connect
 from tests.redis_cluster import LocalCluster
 from tests.test_catalog import DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("bot", "memory", "bench")
-LUA = REPO / "memory" / "lua"
+# Every feature's scripts: a `lua/` folder in its package (see memory/scripts.py).
+LUA = sorted(p for top in SOURCES for p in (REPO / top).rglob("lua/*.lua"))
 
 
 def _ours(filename: str) -> str | None:
@@ -59,7 +62,7 @@ def _site(summary: traceback.FrameSummary) -> str:
 
 @dataclass
 class Registered:
-    name: str  # memory/lua/<name>.lua, or inline@<file> for a script written in Python
+    name: str  # <package>/lua/<name>.lua, or inline@<file> for a script written in Python
     where: traceback.FrameSummary
     script: AsyncScript  # held, so that no later script reuses its id()
     calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # site, keys
@@ -72,9 +75,13 @@ class Recorder:
     def __init__(self) -> None:
         self.scripts: dict[int, Registered] = {}
         by_text = {}
-        for path in LUA.glob("*.lua"):
-            if not path.name.startswith("_"):  # _index.lua is a helper, prepended
-                by_text[load_script(path.stem)] = path.stem
+        for path in LUA:
+            if path.name.startswith("_"):
+                continue  # a helper (_index.lua), prepended to the scripts that use it
+            package = ".".join(path.parent.parent.relative_to(REPO).parts)
+            helpers = [h.stem for h in path.parent.glob("_*.lua")]
+            for used in ([], *([h] for h in helpers)):
+                by_text[load_script(package, path.stem, helpers=used)] = path.stem
         self._by_text = by_text
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,11 +144,6 @@ def redis_url(cluster_redis_url: str) -> str:
 async def run_every_feature(client: RedisClient, keys: Keys, catalog: Catalog) -> None:
     """Each part of the bot that keeps state in Redis, through its own methods."""
     store = MemoryStore(client, keys=keys, retention_seconds=3600)
-    # What the catalog would learn from "I love horror": taste items with the turn.
-    store.learner = lambda text: (
-        [TasteItem(polarity="like", kind="genre", key="horror", value="horror")]
-        * ("horror" in text)
-    )
     guild, dm = Scope("g1"), Scope(None)
     now = time.time()
     for n, scope in enumerate((guild, dm, guild)):
@@ -149,6 +151,10 @@ async def run_every_feature(client: RedisClient, keys: Keys, catalog: Catalog) -
                     message_id=f"m{n}", tokens=8)  # fmt: skip
         answer = Turn(role="assistant", text="Noted.", time=now, message_id=f"r{n}", tokens=2)
         await store.append(scope, "u1", said, answer)
+        # What the pipeline learns from "I love horror": taste items with the turn.
+        liked = TasteItem(polarity="like", kind="genre", key="horror", value="horror",
+                          source="chat", message_id=f"m{n}", time=now)  # fmt: skip
+        await store.add_taste(scope, "u1", [liked])
     await store.load(guild, "u1", token_budget=100, max_candidates=5, query_terms=["horror"])
     await store.edit_message(guild, "u1", "m0", "My name is Bea", 4)
     await store.delete_message(guild, "u1", "m2")
@@ -201,7 +207,8 @@ async def test_every_script_keeps_to_one_slot_at_every_call_site(
     # Every script the code registers was run: a new one without a run here fails.
     registered = {(_ours(r.where.filename), r.where.lineno) for r in recorder.scripts.values()}
     assert register_sites() <= {(f, n) for f, n in registered}, table
-    assert {p.stem for p in LUA.glob("*.lua") if not p.stem.startswith("_")} <= {
+    assert len({p.stem for p in LUA}) == len(LUA), "two scripts share a name"
+    assert {p.stem for p in LUA if not p.stem.startswith("_")} <= {
         r.name for r in recorder.scripts.values()
     }, table
     never = [r.name for r in recorder.scripts.values() if not r.calls]

@@ -110,7 +110,6 @@ async def test_media_commands_in_the_terminal(
     scripted = ScriptedGenerator(generator, reply)
     media = Media(Library(store._redis, keys, fixed=catalog), store, scripted,  # type: ignore[arg-type]
                   blurb_params=GenerationParams(max_new_tokens=16))  # fmt: skip
-    media._attach()
     script = (
         b"/title strnger things\n"
         b"/title\n"

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.generation.local import LocalGenerator
-from memory.context import (
+from bot.context.build import (
     MERGE_SEPARATOR,
     RECALL_HEADER,
     TRUNCATION_MARKER,
@@ -19,6 +18,7 @@ from memory.context import (
     build_context,
     context_budget,
 )
+from bot.generation.local import LocalGenerator
 from memory.records import StoredTurn, Turn
 
 SYSTEM = "You are mediabot, a friendly assistant for films and TV."

@@ -39,7 +39,6 @@ def media_for(store: MemoryStore, catalog: Catalog, generator: Any) -> Media:
         generator,
         blurb_params=GenerationParams(max_new_tokens=30, temperature=0.0),
     )
-    media._attach()
     return media
 
 
@@ -208,7 +207,7 @@ async def test_grounding_off_is_chat_as_before(
 async def test_without_memory_the_message_is_still_grounded(
     store: MemoryStore, keys: Keys, catalog: Catalog, generator: LocalGenerator
 ) -> None:
-    from memory.store import MemoryUnavailable
+    from memory.errors import MemoryUnavailable
 
     assistant = assistant_for(store, keys, catalog, generator)
 
@@ -248,3 +247,25 @@ async def test_discord_mentions_and_slash_chat_are_grounded(grounded_bot: MediaB
     interaction = in_guild(grounded_bot, MEMBER)
     await invoke(grounded_bot, "chat", interaction, prompt="what year did jaws come out?")
     assert any("1975" in (s.content or "") for s in interaction.sent())
+
+
+async def test_a_stored_message_teaches_taste_and_its_edit_teaches_it_again(
+    store: MemoryStore, keys: Keys, catalog: Catalog, generator: LocalGenerator
+) -> None:
+    said = ScriptedGenerator(generator, ["Noted, thanks."])
+    assistant = assistant_for(store, keys, catalog, said)
+    asked = ask("I loved Dark, honestly")
+    assert (await assistant.reply(asked, RecordingSink())).stored
+    # Taste is the pipeline's step after the turn is stored, tied to the message.
+    assert [(i.polarity, i.value, i.source, i.message_id) for i in await store.taste(
+        SCOPE, "u1")] == [("like", "Dark", "chat", asked.message_id)]  # fmt: skip
+    # A retried message stores nothing and learns nothing twice.
+    await store.remove_taste(SCOPE, "u1", message_id=asked.message_id)
+    await assistant.reply(asked, RecordingSink())
+    assert await store.taste(SCOPE, "u1") == []
+    # An edit replaces what was learned from the message.
+    assert await assistant.message_edited(SCOPE, "u1", asked.message_id, "I can't stand horror")
+    assert [(i.polarity, i.value, i.message_id) for i in await store.taste(SCOPE, "u1")] == [
+        ("dislike", "horror", asked.message_id)
+    ]
+    assert not await assistant.message_edited(SCOPE, "u1", "never-stored", "I loved Dark")

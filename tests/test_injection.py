@@ -13,11 +13,11 @@ import pytest
 
 from bench.corpus import cases
 from bot.assistant import Assistant, ReplyRequest
+from bot.generation.base import ChatMessage
 from bot.generation.local import LocalGenerator
 from bot.moderation import moderator as mod
 from bot.moderation.moderator import ModerationEvent, Moderator
 from bot.moderation.rules import normalise
-from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import ScriptedGenerator, make_settings

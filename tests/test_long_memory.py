@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.base import GenerationParams, GeneratorBusy
 from bot.generation.local import LocalGenerator
 from bot.upkeep import Upkeep, summary_lines
@@ -18,7 +19,6 @@ from memory.keys import Keys, Scope
 from memory.recall import Candidate, Corpus, rank, terms
 from memory.records import Summary, Turn
 from memory.store import MemoryStore, UpkeepBusy
-from memory.window import WindowPolicy, assemble_window
 from tests.conftest import REDIS_CLUSTER
 
 pytestmark = REDIS_CLUSTER
@@ -341,7 +341,7 @@ async def test_replies_schedule_upkeep_that_folds_old_turns(
 async def test_the_memory_benchmark_runs_and_cleans_up(
     store: MemoryStore, generator: LocalGenerator, redis_client: RedisClient, keys: Keys
 ) -> None:
-    from bot.bench_memory import report, run
+    from bench.memory import report, run
 
     result = await run(store, generator.tokens, budget=1024, sizes=(50, 200), conversations=1)
     sizes = result["sizes"]
@@ -356,7 +356,7 @@ async def test_the_memory_benchmark_runs_and_cleans_up(
 async def test_the_benchmark_compares_embedding_recall(
     store: MemoryStore, generator: LocalGenerator
 ) -> None:
-    from bot.bench_memory import Embedder, report, run
+    from bench.memory import Embedder, report, run
 
     result = await run(store, generator.tokens, budget=1024, sizes=(50,), conversations=1,
                        embedder=Embedder())  # fmt: skip

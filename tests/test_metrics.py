@@ -14,8 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.assistant import Assistant, ReplyRequest
+from bot.generation.batch import EngineStats
 from bot.generation.local import LocalGenerator
-from bot.metrics import Health, Metrics, serve
+from bot.metrics import Health, Metrics, serve, watch_queue
 from bot.moderation.moderator import Moderator
 from bot.moderation.ratelimit import Limits, RateLimiter
 from bot.services import open_services, watch
@@ -101,6 +102,33 @@ async def test_the_counters_move_while_the_pipeline_answers(
     assert value(after, "mediabot_memory_errors_total", op="read") == 0
 
 
+def test_the_engine_counts_are_served_as_prefix_cache_metrics() -> None:
+    stats = EngineStats(passes=7, prefix_lookups=3, prefix_hits=2, prefix_query_tokens=400,
+                        prefix_hit_tokens=300)  # fmt: skip
+
+    class Batched:
+        def engine_stats(self) -> EngineStats:
+            return stats
+
+    metrics = Metrics()
+    watch_queue(metrics, Batched())
+    page = metrics.render().decode()
+    assert value(page, "mediabot_prefix_cache_queries_total") == 400
+    assert value(page, "mediabot_prefix_cache_hits_total") == 300
+    assert value(page, "mediabot_prefix_cache_hit_ratio") == 0.75
+    assert value(page, "mediabot_engine_forward_passes_total") == 7
+    stats.prefix_query_tokens, stats.prefix_hit_tokens = 500, 300  # read at each scrape
+    assert value(metrics.render().decode(), "mediabot_prefix_cache_hit_ratio") == 0.6
+
+    class OneAtATime:  # replies through `generate`: no engine, no prefix cache
+        def engine_stats(self) -> None:
+            return None
+
+    plain = Metrics()
+    watch_queue(plain, OneAtATime())
+    assert "prefix_cache" not in plain.render().decode()
+
+
 async def test_health_follows_redis_down_and_back(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
     url = await server.start()
@@ -145,6 +173,9 @@ async def test_the_services_serve_the_endpoint_when_a_port_is_set(
         # The real model's queue told when the reply started: its wait is measured.
         assert value(page, "mediabot_request_queue_time_seconds_count") == 1
         assert value(page, "mediabot_replies_total", outcome="model") == 1
+        # The batch engine read the prompt: the prefix cache was asked about it.
+        assert value(page, "mediabot_prefix_cache_queries_total") > 0
+        assert 0 <= value(page, "mediabot_prefix_cache_hit_ratio") <= 1
         client = services.memory.client
         async for key in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
             await client.delete(key)

@@ -10,8 +10,9 @@ import re
 
 import pytest
 
+from bench.recommend import run as precision_run
 from bot.assistant import Assistant, ReplyRequest
-from bot.bench_recommend import run as precision_run
+from bot.context.profile import profile_slot
 from bot.generation.base import GenerationParams
 from bot.generation.local import LocalGenerator
 from bot.media.catalog import Catalog
@@ -81,7 +82,6 @@ def make_media(store: MemoryStore, catalog: Catalog, generator: object) -> Media
         generator,  # type: ignore[arg-type]
         blurb_params=GenerationParams(max_new_tokens=40, temperature=0.0),
     )
-    media._attach()
     return media
 
 
@@ -93,6 +93,8 @@ async def test_chat_teaches_the_profile_which_export_shows_and_forget_deletes(
                 message_id="m1", tokens=9)  # fmt: skip
     reply = Turn(role="assistant", text="Noted!", time=6.0, tokens=2)
     await store.append(SCOPE, "u1", said, reply)
+    # The reply pipeline's step after storing the turn (see test_grounded_chat.py).
+    await media.learn_taste(SCOPE, "u1", said.text, message_id=said.message_id, at=said.time)
     items = await media.taste(SCOPE, "u1")
     assert {(i.polarity, i.value, i.source, i.message_id) for i in items} == {
         ("like", "Dark", "chat", "m1"),
@@ -100,8 +102,8 @@ async def test_chat_teaches_the_profile_which_export_shows_and_forget_deletes(
     }
     # The profile slot of the next window shows it.
     snapshot = await store.load(SCOPE, "u1", token_budget=1000)
-    assert "- likes: Dark (title)" in snapshot.profile
-    assert "- dislikes: horror (genre)" in snapshot.profile
+    assert "- likes: Dark (title)" in profile_slot(snapshot.facts, snapshot.taste)
+    assert "- dislikes: horror (genre)" in profile_slot(snapshot.facts, snapshot.taste)
     # Liking horror later replaces disliking it.
     change = await media.add_pref(SCOPE, "u1", "like", "scary")
     assert change.outcome == "added" and change.item is not None

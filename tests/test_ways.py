@@ -87,7 +87,7 @@ async def test_each_way_decodes_the_reference_greedy_replies_in_float32(
         prompts = [lone.render(chat(q)) for q in QUESTIONS[:3]]
         params = replace(GREEDY, max_new_tokens=16)
         got = await asyncio.gather(*(decode(engine, p, params) for p in prompts))
-        assert engine.widest == 3  # they decoded together
+        assert engine.stats.widest == 3  # they decoded together
     finally:
         engine.close()
     for prompt, ids in zip(prompts, got, strict=True):

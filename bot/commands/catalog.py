@@ -11,8 +11,8 @@ from bot.commands.base import MEMORY_DOWN, NO_CATALOG, Caller, Done, Feature, Re
 from bot.media.catalog import Title, concept_of
 from bot.media.recommend import Pick
 from bot.moderation.policy import GuildPolicy
+from memory.errors import MemoryUnavailable
 from memory.records import Polarity, TasteItem
-from memory.store import MemoryUnavailable
 
 SEARCH_SHOWN = 15
 

@@ -11,7 +11,7 @@ from bot.commands.base import MEMORY_DOWN, NO_CATALOG, Caller, Done, Feature, Re
 from bot.generation.base import GenerationError
 from bot.media.story import StoryState, StoryWithheld
 from bot.media.trivia import NoQuestion, Outcome, Question
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 
 UNCHOSEN = {
     "none": messages.STORY_NONE,

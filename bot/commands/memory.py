@@ -8,8 +8,8 @@ from typing import Any
 
 from bot.commands import messages
 from bot.commands.base import MEMORY_DOWN, Caller, Done, Feature, Refused
+from memory.errors import MemoryUnavailable
 from memory.records import Fact
-from memory.store import MemoryUnavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 import discord
 
+from bot.context.build import ContextWindow
 from bot.discord.chunks import split_message
 from bot.moderation.rules import defuse_mentions
-from memory.context import ContextWindow
 
 log = logging.getLogger(__name__)
 

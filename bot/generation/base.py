@@ -1,12 +1,24 @@
-"""The `Generator` protocol every backend implements, and its parameters."""
+"""The `Generator` protocol every backend implements, its parameters, and the types it
+shares with the rest of the bot: a chat message and what counts tokens."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from memory.context import ChatMessage
+# One message of a chat prompt: {"role": "system" | "user" | "assistant", "content": ...}.
+ChatMessage: TypeAlias = dict[str, str]
+
+
+class TokenCounter(Protocol):
+    """What prompt assembly needs of a model: its tokenizer and its chat template."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str: ...
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
 
 
 class GenerationError(Exception):

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.generation.base import GenerationParams
@@ -59,6 +59,30 @@ class BatchRequest:
 MIN_REUSE = 16  # shorter shared prefixes are prefilled again: not worth a copy
 
 
+@dataclass
+class EngineStats:
+    """What the engine has done since it started, counted on its thread: read a copy
+    (`BatchEngine.snapshot`, `LocalGenerator.engine_stats`). The metrics and the
+    generation benchmark read it; differences of two copies cover what ran between."""
+
+    passes: int = 0  # forward passes run
+    widest: int = 0  # the most rows decoded in one pass
+    decoded: int = 0  # tokens decoded over all passes (decoded / passes: rows per pass)
+    read: int = 0  # prompt tokens read (computed, not taken from a cached prefix)
+    busy_s: float = 0.0  # seconds spent in forward passes
+    prefix_lookups: int = 0  # prompts that looked for a cached prefix
+    prefix_hits: int = 0  # of those, prompts that started from one
+    prefix_query_tokens: int = 0  # tokens of those prompts
+    prefix_hit_tokens: int = 0  # of those, tokens taken from a cached prefix
+
+    @property
+    def prefix_hit_ratio(self) -> float:
+        """The share of the prompts' tokens taken from cached prefixes (0 before any)."""
+        return (
+            self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+        )
+
+
 @dataclass(eq=False)
 class _Entry:
     tokens: list[int]
@@ -73,8 +97,6 @@ class PrefixCache:
         self.capacity = capacity
         self._entries: list[_Entry] = []
         self._clock = 0
-        self.hits = 0  # lookups that reused a prefix, for tests and the benchmark
-        self.reused = 0  # prompt tokens not prefilled thanks to it
 
     @property
     def tokens(self) -> int:
@@ -198,11 +220,7 @@ class BatchEngine:
         self._filling: list[_Row] = []  # reading their prompt, in slots from the top
         self.prefixes = PrefixCache(prefix_tokens)
         self._prefix_bytes = prefix_bytes
-        self.steps = 0  # forward passes run, for tests and the benchmark
-        self.widest = 0  # the most rows decoded in one pass
-        self.decoded = 0  # tokens decoded, over all passes (the mean row count)
-        self.read = 0  # prompt tokens read (not taken from a cached prefix)
-        self.busy_s = 0.0  # seconds spent in forward passes
+        self.stats = EngineStats()  # written by the decoding thread only
         loaded: Future[LlamaModel] = Future()
         self._thread = threading.Thread(
             target=self._run, args=(model, loaded), name="batch-decode", daemon=True
@@ -213,6 +231,10 @@ class BatchEngine:
     @property
     def running(self) -> int:
         return len(self._rows) + len(self._filling)
+
+    def snapshot(self) -> EngineStats:
+        """A copy of the counts so far (they go on changing on the decoding thread)."""
+        return replace(self.stats)
 
     def submit(self, request: BatchRequest) -> None:
         with self._cond:
@@ -307,6 +329,8 @@ class BatchEngine:
         try:
             taken = {r.slot for r in self._filling}
             slot = next(s for s in range(self.max_batch - 1, -1, -1) if s not in taken)
+            self.stats.prefix_lookups += 1
+            self.stats.prefix_query_tokens += len(request.prompt)
             entry, reuse = self.prefixes.longest(request.prompt)
             # A row decoding now may share more (the same member's earlier message,
             # its reply still streaming): its KV is copied from its slot.
@@ -324,8 +348,8 @@ class BatchEngine:
                 else:
                     assert entry is not None
                     self._slab.write(slot, entry.states, reuse)
-                self.prefixes.hits += 1
-                self.prefixes.reused += reuse
+                self.stats.prefix_hits += 1
+                self.stats.prefix_hit_tokens += reuse
             rng = None
             if request.params.seed is not None:
                 rng = self._torch.Generator(device=self.model.device)
@@ -357,8 +381,8 @@ class BatchEngine:
             elif leader.length >= shared:
                 self._slab.move(leader.slot, row.slot, shared)
                 if row.length == 0:  # (a hit in the cache was counted already)
-                    self.prefixes.hits += 1
-                self.prefixes.reused += shared - row.length
+                    self.stats.prefix_hits += 1
+                self.stats.prefix_hit_tokens += shared - row.length
                 row.length = shared
                 row.follow = None
 
@@ -387,13 +411,14 @@ class BatchEngine:
             reading.append(row)
         if not segments:  # (every joining row waits for another: none can, but be safe)
             return
-        self.steps += 1
-        self.widest = max(self.widest, len(rows))
-        self.decoded += len(rows)
-        self.read += len(ids) - len(rows)
+        stats = self.stats
+        stats.passes += 1
+        stats.widest = max(stats.widest, len(rows))
+        stats.decoded += len(rows)
+        stats.read += len(ids) - len(rows)
         started = time.perf_counter()
         logits = self.model.forward(self._slab, ids, segments, decoding=len(rows))
-        self.busy_s += time.perf_counter() - started
+        stats.busy_s += time.perf_counter() - started
         # Every row's cache grew in this pass: count it before any row moves.
         for row in rows:
             row.length += 1

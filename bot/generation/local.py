@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
-from bot.generation.batch import BatchEngine, BatchRequest
+from bot.generation.base import ChatMessage, GenerationError, GenerationParams, GeneratorBusy, Owner
+from bot.generation.batch import BatchEngine, BatchRequest, EngineStats
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
 from bot.generation.weights import (
@@ -32,7 +32,6 @@ from bot.generation.weights import (
     offline,
 )
 from bot.settings import ModelSettings
-from memory.context import ChatMessage
 
 if TYPE_CHECKING:
     from bot.generation.llama import LlamaModel
@@ -179,14 +178,13 @@ class LocalGenerator:
         per_user: int = 2,
         prefix_mb: float = 0,
         progress: Progress = lambda _: None,
-        with_transformers: bool = False,
     ) -> LocalGenerator:
         """Load (blocking: call it in a thread). Never downloads: only local files.
 
         With `max_batch` above 1 and a Llama-architecture model, the batch engine's
         thread reads the weights straight from safetensors and transformers' model is
-        not built (faster to start, less memory), unless `with_transformers` asks for
-        it (the benchmark's baseline shares its weights)."""
+        not built (faster to start, less memory); only weights in another format are
+        loaded through transformers."""
         offline()
         steady_malloc()
         import torch
@@ -231,9 +229,7 @@ class LocalGenerator:
             """Runs on the engine's thread."""
             if settings.threads:
                 torch.set_num_threads(settings.threads)
-            fast = None
-            if not with_transformers:
-                fast = llama_from_directory(directory, dtype, device)
+            fast = llama_from_directory(directory, dtype, device)
             if fast is None:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
@@ -252,12 +248,10 @@ class LocalGenerator:
             raise GenerationError(f"Could not load the model in {directory}: {exc}") from exc
         return cls(tokenizer, model=model, **options)
 
-    def sequential(self) -> LocalGenerator:
-        """A twin on the same transformers model, one `generate` at a time (the
-        benchmark's baseline), run on the engine's thread."""
-        if self._model is None:
-            raise GenerationError("Loaded without the transformers model.")
-        return LocalGenerator(self._tokenizer, model=self._model, runner=self.engine)
+    def engine_stats(self) -> EngineStats | None:
+        """What the batch engine has done so far (a copy), or None without one (replies
+        written one `generate` at a time)."""
+        return self.engine.snapshot() if self.engine is not None else None
 
     @property
     def context_length(self) -> int:
@@ -444,7 +438,7 @@ def steady_malloc() -> bool:
     engine frees KV copies of a few MB to tens of MB all the time (cached prefixes,
     rows read out), so after the first, they came from the heap and their memory stayed
     with the process: 8 members talking for 30 s peaked at 1.41 GB against 1.09 GB
-    with the threshold held at 8 MB (float32, measured by `python -m bot bench`).
+    with the threshold held at 8 MB (float32, measured by `python -m bench generation`).
     Blocks below 8 MB (a pass's activations) stay on the heap, reused as before.
     Returns whether the allocator took the setting."""
     if sys.platform != "linux":

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from redis.exceptions import RedisError
 
-from bot.generation.base import GenerationError, GenerationParams, GeneratorBusy, Owner
+from bot.generation.base import ChatMessage, GenerationError, GenerationParams, GeneratorBusy, Owner
 from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer
-from memory.context import ChatMessage
 
 if TYPE_CHECKING:
     from bot.distributed import Leases

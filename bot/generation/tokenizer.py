@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from memory.context import ChatMessage
+from bot.generation.base import ChatMessage
 
 # Shown where a special token's text would otherwise be read as the token itself.
 WORD_JOINER = "\u2060"

@@ -5,6 +5,8 @@ imported only when weights are read (the remote backend needs only the tokenizer
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
@@ -12,7 +14,8 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,7 +82,7 @@ def model_dir(path: Path | None, cache_dir: Path, progress: Progress) -> Path:
     gguf = embedded_gguf()
     target = cached_model_dir(cache_dir)
     if not is_converted(target, gguf):
-        progress("Preparing the embedded model for first use (a one-time conversion, about 30 s)…")
+        progress("Preparing the model (once, about 30 s)…")
         convert_gguf(gguf, target)
     return target
 
@@ -88,6 +91,41 @@ def offline() -> None:
     """Make sure no Hugging Face library reaches for the network, whatever is asked."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Keep transformers' notes and warnings, Python warnings and progress bars off the
+    user's terminal for the body (converting or loading a model): a newcomer's first
+    chat shows one line for the conversion, not three progress bars and a note on GGUF
+    kernels. With LOG_LEVEL=DEBUG they all show."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # The GGUF reader draws its bar with tqdm directly, past transformers' switch.
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_reader
+    except ImportError:  # (another transformers release)
+        gguf_reader = None
+    bar = getattr(gguf_reader, "tqdm", None)
+    if bar is not None:
+        gguf_reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if bar is not None:
+            gguf_reader.tqdm = bar
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -102,16 +140,17 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), dtype=torch.bfloat16, **kwargs
-        )
-        # save_pretrained refuses a model that still carries its GGUF quantizer.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), dtype=torch.bfloat16, **kwargs
+            )
+            # save_pretrained refuses a model that still carries its GGUF quantizer.
+            model.hf_quantizer = None  # type: ignore[assignment]
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
         (tmp / COMPLETE_MARKER).write_text(json.dumps(_fingerprint(gguf)))
         if is_converted(target, gguf):
             return  # another process finished first; keep its copy

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from bot.media.catalog import Catalog, Title, fold
 from memory.connection import RedisClient
+from memory.errors import MemoryUnavailable, redis_errors
 from memory.keys import Keys
-from memory.store import MemoryUnavailable, load_script
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +284,8 @@ class Library:
         self._catalog: Catalog | None = fixed
         self._fixed = fixed is not None
         self._checked = 0.0
-        self._store = client.register_script(load_script("catalog_store"))
-        self._load = client.register_script(load_script("catalog_load"))
+        self._store = client.register_script(load_script("bot.media", "catalog_store"))
+        self._load = client.register_script(load_script("bot.media", "catalog_load"))
 
     @property
     def titles_key(self) -> str:
@@ -298,36 +298,28 @@ class Library:
     async def store(self, titles: list[Title], *, source: str, replace: bool = False) -> int:
         """Write titles in one atomic script call; returns how many were new. With
         `replace`, titles not in this import go."""
-        try:
+        with redis_errors():
             existing = {x.decode() if isinstance(x, bytes) else x
                         for x in await self._redis.hkeys(self.titles_key)}  # type: ignore[misc]  # fmt: skip
             args = ["1" if replace else "0", source[:300], str(time.time())]
             for t in titles:
                 args += [t.id, t.model_dump_json(exclude_defaults=True)]
             await self._store(keys=[self.titles_key, self.meta_key], args=args)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return len({t.id for t in titles} - existing)
 
     async def count(self) -> int:
-        try:
+        with redis_errors():
             return int(await self._redis.hlen(self.titles_key))  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def version(self) -> int:
-        try:
+        with redis_errors():
             raw = await self._redis.hget(self.meta_key, "version")  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return int(raw or 0)
 
     async def load(self) -> Catalog:
         """Every stored title as an index; unreadable entries are skipped and logged."""
-        try:
+        with redis_errors():
             version, *raw = await self._load(keys=[self.meta_key, self.titles_key], args=[])
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         titles = []
         bad = 0
         for value in raw[1::2]:

@@ -15,7 +15,7 @@ from bot.media.content import Content, ContentRequest, write
 from bot.media.library import Library
 from bot.media.recommend import PICKS, Check, Mood, Pick, Recommender, Taste, write_blurbs
 from bot.media.story import Stories
-from bot.media.taste import item, learner, resolve
+from bot.media.taste import item, learn, resolve
 from bot.media.trivia import Question, Trivia, make_question
 from memory.keys import Scope
 from memory.records import Polarity, TasteItem
@@ -81,11 +81,7 @@ class Media:
             trivia_seconds=trivia_seconds,
         )
         await library.ensure(default_file)
-        media._attach()
         return media
-
-    def _attach(self) -> None:
-        self.memory.learner = learner(self.library.catalog)
 
     @property
     def catalog(self) -> Catalog:
@@ -97,7 +93,6 @@ class Media:
         catalog = await self.library.current()
         if catalog is not before:
             self._recommender = None
-            self._attach()
         return catalog
 
     @property
@@ -114,6 +109,15 @@ class Media:
 
     async def taste(self, scope: Scope, user_id: str) -> list[TasteItem]:
         return await self.memory.taste(scope, user_id)
+
+    async def learn_taste(
+        self, scope: Scope, user_id: str, text: str, *, message_id: str | None, at: float
+    ) -> int:
+        """Record the likes, dislikes and seen titles a stored chat message states, as
+        they resolve against the catalog ("I loved Dark", "I can't stand horror"), tied
+        to the message; returns how many were written. Raises `MemoryUnavailable`."""
+        learned = learn(self.catalog, text, message_id=message_id, at=at)
+        return await self.memory.add_taste(scope, user_id, learned)
 
     async def add_pref(
         self, scope: Scope, user_id: str, polarity: Polarity, phrase: str, *, source: str = "prefs"

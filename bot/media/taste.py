@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.media.catalog import Catalog, concept_of, fold, genre_words
@@ -110,24 +109,21 @@ def extract(catalog: Catalog, text: str) -> list[Learned]:
     return list(found.values())
 
 
-def learner(catalog: Catalog) -> Callable[[str], list[TasteItem]]:
-    """The memory store's taste learner: chat text -> taste items (source "chat")."""
-
-    def learn(text: str) -> list[TasteItem]:
-        now = time.time()
-        return [
-            TasteItem(
-                polarity=item.polarity,
-                kind=item.kind,  # type: ignore[arg-type]
-                key=item.key,
-                value=item.value,
-                source="chat",
-                time=now,
-            )
-            for item in extract(catalog, text[:4000])
-        ]
-
-    return learn
+def learn(catalog: Catalog, text: str, *, message_id: str | None, at: float) -> list[TasteItem]:
+    """The taste items a chat message states (source "chat"), tied to the message and
+    its time, so that deleting or editing it takes them back."""
+    return [
+        TasteItem(
+            polarity=item.polarity,
+            kind=item.kind,  # type: ignore[arg-type]
+            key=item.key,
+            value=item.value,
+            source="chat",
+            message_id=message_id,
+            time=at,
+        )
+        for item in extract(catalog, text[:4000])
+    ]
 
 
 def item(polarity: Polarity, kind: str, key: str, value: str, source: str = "prefs") -> TasteItem:

@@ -8,7 +8,7 @@ option outside the genre). No model is involved.
 In Redis, per server: a question is a hash with its answer and deadline, the members
 who answered are a set beside it, and the leaderboard is a sorted set. One Lua script
 stores a question with its expiry; another takes an answer: it refuses a second answer
-and a late one, and scores a right one, atomically (`memory/lua/trivia_answer.lua`).
+and a late one, and scores a right one, atomically (`bot/media/lua/trivia_answer.lua`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.exceptions import RedisError
-
 from bot.media.catalog import Catalog, Title, fold, genre_concept
 from memory.connection import RedisClient
+from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import MemoryUnavailable, load_script
+from memory.scripts import load_script
 
 KINDS = ("director", "year", "genre", "odd")
 LETTERS = "ABCD"
@@ -202,8 +201,8 @@ class Trivia:
         self._redis = client
         self.keys = keys
         self.seconds = seconds
-        self._answer = client.register_script(load_script("trivia_answer"))
-        self._post = client.register_script(load_script("trivia_post"))
+        self._answer = client.register_script(load_script("bot.media", "trivia_answer"))
+        self._post = client.register_script(load_script("bot.media", "trivia_post"))
 
     def _guild(self, guild_id: str | None) -> str:
         return guild_id or "dm"
@@ -222,10 +221,8 @@ class Trivia:
         args: list[str | float | int] = [int(self.seconds) + 3600]
         for name, value in record.items():
             args += [name, value]
-        try:
+        with redis_errors():
             await self._post(keys=[key], args=args)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return deadline
 
     async def answer(
@@ -238,22 +235,18 @@ class Trivia:
             self.keys.trivia_key(guild, question_id) + ":answered",
             self.keys.guild_key(guild, "trivia_board"),
         ]
-        try:
+        with redis_errors():
             outcome, correct, score = await self._answer(
                 keys=keys, args=[user_id, option, now or time.time(), 1]
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         return Answer(text, int(correct), int(score))  # type: ignore[arg-type]
 
     async def options(self, guild_id: str | None, question_id: str) -> list[str]:
         """A stored question's options ([] once it expired)."""
         key = self.keys.trivia_key(self._guild(guild_id), question_id)
-        try:
+        with redis_errors():
             raw = await self._redis.hget(key, "options")  # type: ignore[misc]
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if raw is None:
             return []
         try:
@@ -263,20 +256,16 @@ class Trivia:
 
     async def leaderboard(self, guild_id: str | None, n: int = BOARD_SIZE) -> list[tuple[str, int]]:
         key = self.keys.guild_key(self._guild(guild_id), "trivia_board")
-        try:
+        with redis_errors():
             rows = await self._redis.zrevrange(key, 0, n - 1, withscores=True)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         pairs: list[tuple[Any, Any]] = list(rows)  # type: ignore[arg-type]
         return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in pairs]
 
     async def forget_user(self, user_id: str, guild_ids: list[str | None]) -> int:
         """Remove a member from the leaderboards of these servers (for /forget)."""
         removed = 0
-        try:
+        with redis_errors():
             for guild in guild_ids:
                 key = self.keys.guild_key(self._guild(guild), "trivia_board")
                 removed += int(await self._redis.zrem(key, user_id))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return removed

@@ -24,7 +24,7 @@ from bot.generation.queue import too_many
 from bot.moderation.classifier import OffensiveClassifier
 from bot.moderation.policy import DM, GuildPolicy, Moderation
 from bot.moderation.rules import MENTION, Rules, Verdict, defuse_mentions, normalise
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 
 log = logging.getLogger(__name__)
 

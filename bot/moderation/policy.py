@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis.exceptions import RedisError
 
 from memory.connection import RedisClient
+from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import MemoryUnavailable, load_script
+from memory.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,10 @@ class Moderation:
         self.keys = keys or Keys()
         self.defaults = defaults or GuildPolicy()
         self.log_max = log_max
-        self._strike = client.register_script(load_script("strike"))
-        self._flood = client.register_script(load_script("flood"))
-        self._inflight = client.register_script(load_script("inflight"))
-        self._set_policy = client.register_script(load_script("policy_set"))
+        self._strike = client.register_script(load_script("bot.moderation", "strike"))
+        self._flood = client.register_script(load_script("bot.moderation", "flood"))
+        self._inflight = client.register_script(load_script("bot", "inflight"))
+        self._set_policy = client.register_script(load_script("bot.moderation", "policy_set"))
 
     # -- policy ----------------------------------------------------------------
 
@@ -143,10 +144,8 @@ class Moderation:
         return GuildPolicy.model_validate({**self.defaults.model_dump(), **stored})
 
     async def policy(self, guild_id: str) -> GuildPolicy:
-        try:
+        with redis_errors():
             raw = await self._redis.get(self.keys.guild_key(guild_id, "modpolicy"))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         if raw is None:
             return self.defaults
         try:
@@ -161,10 +160,8 @@ class Moderation:
         ValueError (from the change or validation) leaves the policy as it was."""
         key = self.keys.guild_key(guild_id, "modpolicy")
         while True:
-            try:
+            with redis_errors():
                 raw = await self._redis.get(key)
-            except RedisError as exc:
-                raise MemoryUnavailable(str(exc)) from exc
             stored: dict[str, Any] = {}
             if raw is not None:
                 try:
@@ -181,13 +178,11 @@ class Moderation:
             kept = {k: v for k, v in merged.model_dump().items() if base.get(k) != v}
             # A script, not WATCH/MULTI: redis-py's asyncio cluster transactions send
             # each command through a thread of its own (see docs/scaling.md).
-            try:
+            with redis_errors():
                 written = await self._set_policy(
                     keys=[key],
                     args=["0" if raw is None else "1", raw or "", json.dumps(kept) if kept else ""],
                 )
-            except RedisError as exc:
-                raise MemoryUnavailable(str(exc)) from exc
             if int(written):
                 return merged
 
@@ -195,7 +190,7 @@ class Moderation:
 
     async def strike(self, guild_id: str, user_id: str, policy: GuildPolicy) -> Strike:
         limit = policy.strike_limit if policy.action == "cooldown" else 0
-        try:
+        with redis_errors():
             count, left = await self._strike(
                 keys=[
                     self.keys.guild_user_key(guild_id, "strikes", user_id),
@@ -208,24 +203,18 @@ class Moderation:
                     int(policy.cooldown_minutes * 60_000),
                 ],
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return Strike(int(count), int(left) / 1000)
 
     async def strikes(self, guild_id: str, user_id: str, policy: GuildPolicy) -> int:
         since = (time.time() - policy.strike_decay_hours * 3600) * 1000
         key = self.keys.guild_user_key(guild_id, "strikes", user_id)
-        try:
+        with redis_errors():
             return int(await self._redis.zcount(key, since, "+inf"))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def cooldown_left(self, guild_id: str, user_id: str) -> float:
         key = self.keys.guild_user_key(guild_id, "cooldown", user_id)
-        try:
+        with redis_errors():
             left = int(await self._redis.pttl(key))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return max(0, left) / 1000
 
     async def clear(self, guild_id: str, user_id: str) -> bool:
@@ -234,55 +223,45 @@ class Moderation:
             self.keys.guild_user_key(guild_id, kind, user_id)
             for kind in ("strikes", "cooldown", "flood", "notified")
         ]
-        try:
+        with redis_errors():
             return bool(await self._redis.delete(*keys))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def notify_once(self, guild_id: str, user_id: str, seconds: float) -> bool:
         """True the first time in `seconds`: a refused member is told once, not each
         message (the bot must not be made to answer a flood)."""
         key = self.keys.guild_user_key(guild_id, "notified", user_id)
-        try:
+        with redis_errors():
             return bool(await self._redis.set(key, 1, nx=True, px=max(1, int(seconds * 1000))))
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def flood(self, guild_id: str, user_id: str, digest: str, window: float) -> Flood:
         key = self.keys.guild_user_key(guild_id, "flood", user_id)
-        try:
+        with redis_errors():
             messages, same = await self._flood(
                 keys=[key], args=[digest, max(1, int(window * 1000)), 100]
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return Flood(int(messages), int(same))
 
     # -- generation slots per server -----------------------------------------
 
     async def acquire_slot(self, guild_id: str, request_id: str, slots: int, lease: float) -> bool:
-        try:
+        with redis_errors():
             return bool(
                 await self._inflight(
                     keys=[self.keys.guild_key(guild_id, "inflight")],
                     args=[request_id, slots, max(1, int(lease * 1000))],
                 )
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def acquire_member(self, user_id: str, request_id: str, slots: int, lease: float) -> bool:
         """One of a member's in-flight leases, counted across every server, DM and bot
         process (the same script as a server's slots, on the member's own key)."""
-        try:
+        with redis_errors():
             return bool(
                 await self._inflight(
                     keys=[self.keys.member_inflight_key(user_id)],
                     args=[request_id, slots, max(1, int(lease * 1000))],
                 )
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
 
     async def release_member(self, user_id: str, request_id: str) -> None:
         try:
@@ -301,20 +280,16 @@ class Moderation:
     async def record(self, guild_id: str, fields: dict[str, str]) -> str:
         """Append one action to the server's bounded log stream; returns its id."""
         key = self.keys.guild_key(guild_id, "modlog")
-        try:
+        with redis_errors():
             entry = await self._redis.xadd(
                 key, cast("dict[Any, Any]", fields), maxlen=self.log_max, approximate=False
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return _s(entry)
 
     async def recent(self, guild_id: str, count: int = 20) -> list[dict[str, str]]:
         key = self.keys.guild_key(guild_id, "modlog")
-        try:
+        with redis_errors():
             rows = await self._redis.xrevrange(key, count=count)
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return [
             {"id": _s(i), **{_s(k): _s(v) for k, v in (f or {}).items()}} for i, f in rows or []
         ]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from memory.connection import RedisClient
+from memory.errors import redis_errors
 from memory.keys import Keys
-from memory.store import MemoryUnavailable, load_script
+from memory.scripts import load_script
 
 SECONDS_PER_MINUTE = 60.0
 
@@ -38,7 +37,7 @@ class RateLimiter:
         self._redis = client
         self.limits = limits
         self.keys = keys or Keys()
-        self._take = client.register_script(load_script("take_token"))
+        self._take = client.register_script(load_script("bot.moderation", "take_token"))
 
     def _user_key(self, user_id: str) -> str:
         return f"{self.keys.user_tag(user_id)}:ratelimit"
@@ -49,12 +48,10 @@ class RateLimiter:
     async def _bucket(
         self, key: str, per_minute: float, burst: int, cost: float
     ) -> tuple[bool, float]:
-        try:
+        with redis_errors():
             allowed, wait_ms = await self._take(
                 keys=[key], args=[per_minute / SECONDS_PER_MINUTE, burst, cost]
             )
-        except RedisError as exc:
-            raise MemoryUnavailable(str(exc)) from exc
         return bool(int(allowed)), int(wait_ms) / 1000
 
     async def take(self, user_id: str, guild_id: str | None) -> Decision:

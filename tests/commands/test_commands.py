@@ -40,7 +40,6 @@ INVENTED = ['Watch "The Moon Heist" (2031) tonight!\n', "1. Go left\n2. Go right
 def media_for(store: MemoryStore, catalog: Catalog, generator: Any) -> Media:
     media = Media(Library(store.client, store.keys, fixed=catalog), store, generator,
                   blurb_params=GenerationParams(max_new_tokens=16), trivia_seconds=30)  # fmt: skip
-    media._attach()
     return media
 
 

@@ -18,11 +18,11 @@ import discord.ext.test as dpytest
 from bench.corpus import all_cases
 from bot.discord.chunks import MESSAGE_LIMIT, units
 from bot.discord.client import ERROR_SENTENCE
+from bot.generation.base import ChatMessage
 from bot.generation.local import LocalGenerator
 from bot.moderation.classifier import OffensiveClassifier
 from bot.moderation.policy import Moderation
 from bot.services import build_moderator, default_policy
-from memory.context import ChatMessage
 from memory.keys import Keys, Scope
 from memory.store import MemoryStore
 from tests.conftest import ScriptedGenerator, make_settings

@@ -43,7 +43,6 @@ async def media_bot(
     scripted = ScriptedGenerator(generator, INVENTED)
     media = Media(Library(store._redis, keys, fixed=catalog), store, scripted,  # type: ignore[arg-type]
                   blurb_params=GenerationParams(max_new_tokens=16), trivia_seconds=30)  # fmt: skip
-    media._attach()
     client = build_bot(store, keys, scripted, moderator=moderator, media=media)
     await client._async_setup_hook()
     await client.load_cogs()

@@ -8,7 +8,7 @@ from discord.ext import commands
 
 from bot.commands.messages import MEMORY_DOWN
 from bot.discord.client import MediaBot
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 from prompts import PromptError, list_personas
 
 

@@ -17,7 +17,7 @@ from bot.discord.client import ERROR_SENTENCE, MediaBot
 from bot.discord.interactions import scope_of
 from bot.discord.streaming import NO_PINGS, DiscordSink
 from bot.textclean import clean_input
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,9 @@ class Chat(commands.Cog):
         ).text
         if not text:
             return
-        tokens = self.bot.services.generator.count_tokens(text)
         try:
-            await self.bot.services.memory.edit_message(
-                scope_of(after.guild), str(after.author.id), str(after.id), text, tokens
+            await self.bot.services.assistant.message_edited(
+                scope_of(after.guild), str(after.author.id), str(after.id), text
             )
         except MemoryUnavailable:
             log.warning("could not update an edited message: memory unavailable")

@@ -13,11 +13,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.commands import Refused, messages
+from bot.context.profile import render_taste
 from bot.discord.client import MediaBot
 from bot.discord.interactions import begin, caller_of, cut, refuse
 from bot.media.catalog import Title
 from bot.media.recommend import Pick
-from memory.profile import render_taste
 
 
 def title_embed(title: Title, blurb: str = "", reason: str = "") -> discord.Embed:

@@ -19,7 +19,7 @@ from bot.discord.streaming import NO_PINGS
 from bot.moderation.moderator import ModerationEvent
 from bot.moderation.policy import GuildPolicy, check_blocklist_entry
 from bot.moderation.rules import defuse_mentions
-from memory.store import MemoryUnavailable
+from memory.errors import MemoryUnavailable
 
 log = logging.getLogger(__name__)
 

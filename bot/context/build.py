@@ -35,11 +35,9 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
+from bot.generation.base import ChatMessage, TokenCounter
 from memory.records import StoredTurn, Turn
-
-ChatMessage = dict[str, str]
 
 # The current message always keeps at least this many tokens of its own.
 MIN_MESSAGE_TOKENS = 64
@@ -52,16 +50,6 @@ MERGE_SEPARATOR = "\n\n"
 START_STEPS = (16, 8, 4, 2)
 # Room kept for the current message when placing the history's start.
 MESSAGE_ROOM = 2 * MIN_MESSAGE_TOKENS
-
-
-class TokenCounter(Protocol):
-    """What the builder needs of a model: its tokenizer and its chat template."""
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def truncate_tokens(self, text: str, max_tokens: int) -> str: ...
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
 
 
 class ContextError(ValueError):

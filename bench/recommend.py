@@ -1,5 +1,6 @@
-"""`python -m bot bench-recommend`: precision@5 of recommendations for synthetic users
-with planted tastes, against the popularity baseline, in the same run.
+"""`python -m bench recommend` (`mediabot bench-recommend`): precision@5 of
+recommendations for synthetic users with planted tastes, against the popularity
+baseline, in the same run.
 
 Each user is planted two liked genres and one disliked genre. Their profile holds only
 titles: four liked titles of the planted genres, one disliked title of the disliked

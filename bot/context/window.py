@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memory.context import ContextWindow, TokenCounter, build_context
+from bot.context.build import ContextWindow, build_context
+from bot.context.profile import profile_slot
+from bot.generation.base import TokenCounter
 from memory.keys import Scope
 from memory.recall import Candidate, Corpus, rank, terms
 from memory.records import StoredTurn
@@ -46,7 +48,7 @@ class WindowPolicy:
             message=message,
             turns=snapshot.turns,
             budget=self.budget,
-            profile=snapshot.profile,
+            profile=profile_slot(snapshot.facts, snapshot.taste),
             summary=snapshot.summary_text,
             recalled=recalled or [],
             profile_share=self.profile_share,

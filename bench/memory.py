@@ -1,11 +1,11 @@
-"""`python -m bot bench-memory`: does the context window still hold what a user said
-hundreds of turns ago?
+"""`python -m bench memory` (`mediabot bench-memory`): does the context window still
+hold what a user said hundreds of turns ago?
 
 Synthetic conversations of 50, 200 and 1,000 turns are written to a real Redis through
 the memory store, with facts planted at random depths ("my dog is called Biscuit") among
 ordinary media chat and distractors that share their words. At the end each fact is
 asked about, the context window is assembled exactly as a reply would assemble it
-(`memory.window.assemble_window`: load, recall, build; no model call), and a fact counts
+(`bot.context.window.assemble_window`: load, recall, build; no model call), and a fact counts
 as recalled when its value is inside the window: in a recent turn, a recalled turn, the
 profile or the summary. In the same run a last-K baseline fills the same budget with
 recent turns only. Reported: recall for both, assembly latency p50/p95 (real Redis),
@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
+from bot.context.build import context_budget
+from bot.context.window import WindowPolicy, assemble_window
 from bot.generation.tokenizer import ChatTokenizer
 from bot.upkeep import Upkeep
-from memory.context import context_budget
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemorySnapshot, MemoryStore
-from memory.window import WindowPolicy, assemble_window
 from prompts import load_persona, load_rules
 
 SIZES = (50, 200, 1000)
@@ -139,11 +140,6 @@ def conversation(rng: random.Random, turns: int) -> tuple[list[str], list[Plante
         messages[depth] = statement.format(v=value)
         planted.append(Planted(value, question))
     return messages, planted
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run(
@@ -260,7 +256,7 @@ async def embedding_recall(
     all-MiniLM embeddings stored in Redis (as a deployment would keep them)."""
     import numpy as np
 
-    client = store._redis
+    client = store.client
     vectors_key = f"{store.keys.prefix}:bench:vectors:{user}"
     history = await store.history(scope, user)
     users = [(int(h["id"]), str(h["text"])) for h in history if h.get("role") == "user"]

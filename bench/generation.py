@@ -1,4 +1,5 @@
-"""`python -m bot bench`: generation under load, in one process and one run.
+"""`python -m bench generation` (`mediabot bench`): generation under load, in one
+process and one run.
 
 1. Baseline: the 8-member workload one request at a time through transformers'
    `generate` (the `GENERATION_MAX_BATCH=1` path: sequential, no batching), on the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import resource
@@ -32,21 +34,26 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.llamacpp import table as llamacpp_table
-from bot.bench_memory import percentile
-from bot.generation.base import GenerationParams, Owner
+from bench.stats import percentile
+from bot.context.build import context_budget
+from bot.context.window import WindowPolicy, assemble_window
+from bot.generation.base import GenerationError, GenerationParams, Owner
 from bot.generation.batch import BatchRequest
 from bot.generation.local import LocalGenerator
+from bot.generation.tokenizer import load_tokenizer
+from bot.generation.weights import model_dir, quiet_transformers
 from bot.settings import Settings
-from memory.context import context_budget
 from memory.keys import Keys, Scope
 from memory.records import Turn
 from memory.store import MemoryStore
-from memory.window import WindowPolicy, assemble_window
+
+if TYPE_CHECKING:
+    from bot.generation.llama import LlamaModel
 
 SYSTEM = (
     "You are mediabot, a friendly and concise assistant for films, TV shows, music, games, "
@@ -200,22 +207,28 @@ async def one_request(
 
 
 async def run_level(
-    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
-) -> dict[str, Any]:
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float, *,
+    at_least: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """`users` members at once for `seconds`: each sends a message, reads the reply,
-    sends the next, until the time is up."""
+    sends the next, until the time is up. With `at_least`, each member's first that
+    many messages are answered whole however long they take (the level then lasts as
+    long as they do: a slow machine gives slower figures, never empty ones)."""
     start = time.perf_counter()
     deadline = start + seconds
 
     async def member(u: int) -> list[Result]:
-        results, turn = [], 0
-        while time.perf_counter() < deadline:
-            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+        results: list[Result] = []
+        turn = 0
+        while time.perf_counter() < deadline or turn < at_least:
+            until = deadline if turn >= at_least else math.inf
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=until))
             turn += 1
         return results
 
     per_user = await asyncio.gather(*(member(u) for u in range(users)))
-    return summarise([r for rs in per_user for r in rs], seconds, users)
+    wall = max(seconds, time.perf_counter() - start)
+    return summarise([r for rs in per_user for r in rs], wall, users)
 
 
 def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
@@ -250,20 +263,24 @@ def summarise(results: list[Result], wall: float, users: int) -> dict[str, Any]:
 
 
 async def baseline(
-    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float
-) -> dict[str, Any]:
+    gen: LocalGenerator, rig: Rig, scope: Scope, users: int, seconds: float, *,
+    at_least: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """The `users`-member workload (the same conversations, the same messages) strictly
-    one request after another through `generate`, for `seconds`."""
+    one request after another through `generate`, for `seconds` (and `at_least` whole
+    messages of each member, as `run_level`)."""
     start = time.perf_counter()
     deadline = start + seconds
-    results, turn = [], 0
-    while time.perf_counter() < deadline:
+    results: list[Result] = []
+    turn = 0
+    while time.perf_counter() < deadline or turn < at_least:
         for u in range(users):
-            if time.perf_counter() >= deadline:
+            if time.perf_counter() >= deadline and turn >= at_least:
                 break
-            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=deadline))
+            until = deadline if turn >= at_least else math.inf
+            results.append(await one_request(gen, rig, scope, u, turn=turn, deadline=until))
         turn += 1
-    summary = summarise(results, seconds, 1)
+    summary = summarise(results, max(seconds, time.perf_counter() - start), 1)
     summary["requests_per_member"] = round(len(results) / users, 1)
     return summary
 
@@ -287,15 +304,14 @@ async def long_conversation(
                  tokens=gen.count_tokens(said)),
             Turn(role="assistant", text=answer, time=at + 1, tokens=gen.count_tokens(answer)),
         )  # fmt: skip
-    engine = gen.engine
     results, read = [], []
     for turn in range(messages):
-        before = engine.read if engine is not None else 0
+        before = prompt_tokens_read(gen)
         result = await one_request(
             gen, rig, scope, 0, turn=turn, deadline=time.perf_counter() + 600, who=who
         )
         results.append(result)
-        read.append((engine.read if engine is not None else 0) - before)
+        read.append(prompt_tokens_read(gen) - before)
     ttfts = [r.ttft for r in results]
     prompt = sum(r.prompt_tokens for r in results)
     return {
@@ -311,13 +327,25 @@ async def long_conversation(
     }
 
 
+def progress(text: str) -> None:
+    """A step worth a line (the model's first conversion), on stderr: stdout is JSON.
+    (Not bot.cli's: the cold-start child imports this module, and only what the bot's
+    loading needs.)"""
+    print(text, file=sys.stderr, flush=True)
+
+
+def prompt_tokens_read(gen: LocalGenerator) -> int:
+    stats = gen.engine_stats()
+    return stats.read if stats is not None else 0
+
+
 def cold_start(cache_dir: Path) -> tuple[float, float]:
     """Seconds from starting a Python process to its first generated token, and that
     process's peak RSS in MB."""
     env = {**os.environ, "MODEL_CACHE_DIR": str(cache_dir)}
     started = time.time()
     out = subprocess.run(
-        [sys.executable, "-m", "bot.bench_generation", "--first-token"],
+        [sys.executable, "-m", "bench.generation", "--first-token"],
         env=env, capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
     first, rss = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
@@ -328,7 +356,7 @@ def serving_memory(members: int, seconds: float, max_new_tokens: int, history: b
     """Peak RSS in MB of a fresh process loaded as the bot loads (no transformers model)
     serving `members` members for `seconds`."""
     out = subprocess.run(
-        [sys.executable, "-m", "bot.bench_generation", "--serve", str(members), str(seconds),
+        [sys.executable, "-m", "bench.generation", "--serve", str(members), str(seconds),
          str(max_new_tokens), "1" if history else "0"],
         capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
@@ -387,21 +415,25 @@ async def against_generate_batch(
     transformers' own continuous batching (`generate_batch`) and through this engine."""
     from transformers import GenerationConfig
 
-    gen = LocalGenerator.load(
-        settings.model, max_batch=prompts, prefix_mb=0, with_transformers=True
-    )  # fmt: skip
-    assert gen.engine is not None and gen._model is not None
+    gen = LocalGenerator.load(settings.model, max_batch=prompts, prefix_mb=0)
+    assert gen.engine is not None
+    directory = model_dir(settings.model.path, settings.model.cache_dir, progress)
+    model = transformers_model(gen, directory)
+    tokenizer = load_tokenizer(directory)
+    pad = tokenizer.pad_token_id
     ids = [gen.render([{"role": "system", "content": SYSTEM},
                        {"role": "user", "content": m}]) for m in MESSAGES[:prompts]]  # fmt: skip
-    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1,
-                              pad_token_id=gen._pad_id)  # fmt: skip
+    config = GenerationConfig(
+        max_new_tokens=tokens, do_sample=False, eos_token_id=-1,
+        pad_token_id=pad if pad is not None else tokenizer.eos_token_id,
+    )  # fmt: skip
 
     def theirs() -> float:
         import torch
 
         started = time.perf_counter()
         with torch.inference_mode():
-            out = gen._model.generate_batch(ids, generation_config=config, progress_bar=False)
+            out = model.generate_batch(ids, generation_config=config, progress_bar=False)
         made = sum(len(o.generated_tokens) for o in out.values())
         return made / (time.perf_counter() - started)
 
@@ -480,8 +512,12 @@ async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
     png: Path | None,
     history: bool = True,
     long_messages: int = 0,
+    at_least: int = 0,
     llamacpp: Any = None,  # bench/llamacpp.py's SideBySide: llama.cpp after each level
 ) -> dict[str, Any]:
+    """The benchmark (see the module's docstring); `at_least`: each member's first
+    messages answered whole in every level and in the baseline, whatever the clock
+    says (for the tests, which must not depend on the machine's speed)."""
     from memory.connection import open_redis
 
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -499,10 +535,10 @@ async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
     width = max(settings.generation.max_batch, *levels)
     batched = LocalGenerator.load(
         settings.model, max_batch=width, per_user=2, queue_max=max(64, 4 * max(levels)),
-        prefix_mb=settings.generation.prefix_cache_mb, with_transformers=True,
+        prefix_mb=settings.generation.prefix_cache_mb,
     )  # fmt: skip
-    # The baseline shares the loaded model: one request at a time through generate().
-    lone = batched.sequential()
+    # The baseline shares the loaded weights: one request at a time through generate().
+    lone = sequential(batched, model_dir(settings.model.path, settings.model.cache_dir, progress))
     budget = context_budget(batched.context_length, max_new_tokens, 16,
                             settings.generation.max_context_tokens)  # fmt: skip
     policy = WindowPolicy(budget=budget)
@@ -534,10 +570,11 @@ async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
                 # The baseline runs the 8-member workload (the same conversations and
                 # messages as the 8-member level), one request at a time.
                 members = min(max(levels), 8)
-                scope = Scope("baseline")
-                result["baseline"] = await baseline(lone, rig, scope, members, seconds)
+                result["baseline"] = base = await baseline(
+                    lone, rig, Scope("baseline"), members, seconds, at_least=at_least
+                )
                 result["batched"] = await run_levels(
-                    batched, rig, levels, seconds, result["baseline"]["tokens_per_s"],
+                    batched, rig, levels, seconds, base["tokens_per_s"], at_least=at_least,
                     llamacpp=llamacpp,
                 )  # fmt: skip
                 if long_messages:
@@ -593,8 +630,8 @@ def ttft_ratios(levels: list[dict[str, Any]]) -> dict[str, float]:
 
 
 async def run_levels(
-    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float,
-    *, llamacpp: Any = None,
+    batched: LocalGenerator, rig: Rig, levels: list[int], seconds: float, base: float, *,
+    at_least: int = 0, llamacpp: Any = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each concurrency level, in its own conversations (seeded alike), with the prefix
     cache's share of the prompts."""
@@ -606,19 +643,20 @@ async def run_levels(
         # depend on their order.
         if engine is not None:
             engine.prefixes.clear()
-            before = engine_counts(engine)
-        level = await run_level(batched, rig, scope, users, seconds)
-        if engine is not None:
-            counts = {k: v - before[k] for k, v in engine_counts(engine).items()}
-            level["prefix_hits"] = counts["hits"]
-            level["prefix_reused_tokens"] = counts["reused"]
+        before = batched.engine_stats()
+        level = await run_level(batched, rig, scope, users, seconds, at_least=at_least)
+        after = batched.engine_stats()
+        if before is not None and after is not None:
+            counts = {k: v - asdict(before)[k] for k, v in asdict(after).items()}
+            level["prefix_hits"] = counts["prefix_hits"]
+            level["prefix_reused_tokens"] = counts["prefix_hit_tokens"]
             level["prompt_tokens_read"] = counts["read"]
-            level["passes"] = counts["steps"]
-            level["rows_per_pass"] = round(counts["decoded"] / max(counts["steps"], 1), 2)
+            level["passes"] = counts["passes"]
+            level["rows_per_pass"] = round(counts["decoded"] / max(counts["passes"], 1), 2)
             # Share of the level's time the model was computing (the rest: waiting for
             # members' next messages, building windows, storing turns).
             level["model_busy"] = round(counts["busy_s"] / level["seconds"], 2)
-        level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2)
+        level["ratio_to_baseline"] = round(level["tokens_per_s"] / base, 2) if base else None
         if llamacpp is not None and llamacpp.available:
             # The same members, conversations and messages against llama.cpp's server;
             # and the engine's memory as the bot serves that many (a fresh process).
@@ -632,11 +670,76 @@ async def run_levels(
     return out
 
 
-def engine_counts(engine: Any) -> dict[str, float]:
-    return {
-        "hits": engine.prefixes.hits, "reused": engine.prefixes.reused, "read": engine.read,
-        "steps": engine.steps, "decoded": engine.decoded, "busy_s": engine.busy_s,
-    }  # fmt: skip
+def sequential(batched: LocalGenerator, directory: Path) -> LocalGenerator:
+    """The baseline: transformers' model of the same prepared directory, on the batched
+    generator's weights (see `transformers_model`), replying one `generate` at a time
+    on the engine's thread (the only one computing, as in the bot)."""
+    model = transformers_model(batched, directory)
+    return LocalGenerator(load_tokenizer(directory), model=model, runner=batched.engine)
+
+
+def transformers_model(gen: LocalGenerator, directory: Path) -> Any:
+    """transformers' own model of `directory`, loaded on `gen`'s engine thread in its
+    dtype and on its device, its weights then those of the engine's model wherever
+    they are plain tensors (packed ones cannot be shared), so no second copy stays."""
+    engine, fast = gen.engine, gen.fast
+    if engine is None or fast is None:
+        raise GenerationError("The baseline needs the batch engine (GENERATION_MAX_BATCH > 1).")
+
+    def load() -> Any:
+        from transformers import AutoModelForCausalLM
+
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(directory), dtype=fast.dtype, local_files_only=True
+            )
+        model.to(fast.device)
+        share_weights(model, fast)
+        return model.eval()
+
+    return engine.call(load).result()
+
+
+def share_weights(model: Any, fast: LlamaModel) -> None:
+    """Point a transformers Llama model's weights at the engine model's (the reverse of
+    `bot.generation.weights.llama_from_transformers`): q, k and v (and gate and up)
+    become views of the joined matrices. A packed matrix keeps transformers' own."""
+    c = fast.config
+    q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
+    pairs: list[tuple[Any, Any]] = [
+        (model.model.embed_tokens.weight, fast.embed), (model.model.norm.weight, fast.norm),
+    ]  # fmt: skip
+    if model.lm_head.weight is not model.model.embed_tokens.weight:
+        pairs.append((model.lm_head.weight, fast.lm_head))
+    for layer, theirs in zip(fast.layers, model.model.layers, strict=True):
+        attention, mlp = theirs.self_attn, theirs.mlp
+        pairs += [
+            (theirs.input_layernorm.weight, layer.attention_norm),
+            (theirs.post_attention_layernorm.weight, layer.mlp_norm),
+            (attention.o_proj.weight, layer.out), (mlp.down_proj.weight, layer.down),
+        ]  # fmt: skip
+        if layer.out_bias is not None:
+            pairs.append((attention.o_proj.bias, layer.out_bias))
+        if not layer.qkv.is_mkldnn:
+            pairs += [
+                (attention.q_proj.weight, layer.qkv[:q]),
+                (attention.k_proj.weight, layer.qkv[q : q + kv]),
+                (attention.v_proj.weight, layer.qkv[q + kv :]),
+            ]
+        if layer.qkv_bias is not None:
+            pairs += [
+                (attention.q_proj.bias, layer.qkv_bias[:q]),
+                (attention.k_proj.bias, layer.qkv_bias[q : q + kv]),
+                (attention.v_proj.bias, layer.qkv_bias[q + kv :]),
+            ]
+        if not layer.gate_up.is_mkldnn:
+            pairs += [
+                (mlp.gate_proj.weight, layer.gate_up[: c.intermediate]),
+                (mlp.up_proj.weight, layer.gate_up[c.intermediate :]),
+            ]
+    for parameter, tensor in pairs:
+        if not tensor.is_mkldnn and parameter.shape == tensor.shape:
+            parameter.data = tensor
 
 
 def report(result: dict[str, Any]) -> str:
@@ -648,7 +751,7 @@ def report(result: dict[str, Any]) -> str:
     short = []
     for lv in result["batched"]:
         lines.append(
-            f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline']:>10}  "
+            f"{lv['users']:>5}  {lv['tokens_per_s']:>5}  {lv['ratio_to_baseline'] or '-':>10}  "
             f"{lv['ttft_p50_s']:>8}  {lv['ttft_p95_s']:>8}  "
             f"{lv['ttft_after_opening_p95_s'] or '-':>17}  {lv['per_token_ms']:>8}"
         )
