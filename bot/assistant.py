@@ -571,7 +571,7 @@ class Assistant:
             return False
         if stored.stored:  # a retried message learns nothing twice
             try:
-                with self._memory_op("write"):
+                with self._memory_op("taste"):
                     await self._learn_taste(request.scope, request.user_id, user_turn)
             except MemoryUnavailable as exc:  # the exchange is kept; its taste is not
                 log.warning("taste learning failed: %s", exc)
