@@ -17,7 +17,9 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from bot.generation.base import GenerationError
+from bot.generation.llama import LlamaModel
 from bot.generation.local import LocalGenerator
+from bot.generation.ways import packing_available
 from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
 from bot.media.catalog import Catalog
 from bot.media.library import parse_file
@@ -167,22 +169,29 @@ def store(redis_client: RedisClient, keys: Keys) -> MemoryStore:
 # The ways of computing the generators the tests share use, whatever this machine
 # measured at loading: in bf16 each way's kernels round differently, so the text a test
 # sees would depend on a measurement (taken on a busy machine, it chose other ways and
-# a greedy reply parted from the expected one after 90 characters). These two are in
-# every build; each way is tested against transformers on its own in test_ways.py.
-PINNED = ("linear", "matmul")
+# a greedy reply parted from the expected one after 90 characters). Pinned: the weight
+# products packed for oneDNN where this torch can (else torch's linear, in every
+# build), the written-out attention, and 4-bit weights for decode passes of up to 8
+# rows where the model is bf16 (as the bot runs where they measure faster).
+# Each way is tested against transformers on its own in test_ways.py.
+def pinned_ways(model: LlamaModel) -> tuple[str, str]:
+    return ("packed" if packing_available(model.device) else "linear"), "matmul"
 
 
 def pin_ways(gen: LocalGenerator) -> LocalGenerator:
-    """Make a batching generator compute with the `PINNED` ways (on its engine's thread,
+    """Make a batching generator compute with the pinned ways (on its engine's thread,
     between passes)."""
     engine, model = gen.engine, gen.fast
     assert engine is not None and model is not None
+    ways = pinned_ways(model)
+    int4_rows = min(engine.max_batch, 8) if model.int4_available() else 0
 
     def pin() -> None:
-        model.products, model.attention = PINNED
+        model.products, model.attention = ways
+        model.int4_rows = int4_rows
 
     engine.call(pin).result()
-    assert (model.products, model.attention) == PINNED
+    assert (model.products, model.attention, model.int4_rows) == (*ways, int4_rows)
     return gen
 
 

@@ -17,7 +17,15 @@ import torch
 from bot.generation import llama
 from bot.generation.kv import KVSlab, Segment
 from bot.generation.llama import LlamaConfig
-from bot.generation.ways import ATTENTION, PRODUCTS, available_products, packing_available
+from bot.generation.ways import (
+    ATTENTION,
+    PRODUCTS,
+    available_products,
+    dequantize_int4,
+    int4_available,
+    packing_available,
+    quantize_int4,
+)
 from bot.generation.weights import llama_from_directory, llama_from_transformers
 
 SMALL = {
@@ -225,3 +233,74 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
     assert torch.equal(slab.read(1, 300)[:, :, :, 4:], second[:, :, :, 4:])
     slab.release()
     assert slab.capacity == 0 and not slab.layers
+
+
+def bf16_model() -> Any:
+    ours = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert ours is not None
+    if not ours.int4_available():
+        pytest.skip("no 4-bit kernel in this torch")
+    return ours
+
+
+def test_4bit_groups_come_back_as_they_were() -> None:
+    """A matrix whose every group of 32 is 16 evenly spaced levels (as the embedded
+    model's GGUF stores its layers) is held exactly; any other within half a step of
+    its group."""
+    g = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, 16, (96, 128), generator=g).float()
+    steps = 2.0 ** -torch.randint(4, 9, (96, 4, 1), generator=g).float()
+    lows = torch.randint(-64, 0, (96, 4, 1), generator=g).float() * steps
+    exact = (lows + levels.view(96, 4, 32) * steps).view(96, 128)
+    exact[:, ::32] = lows.view(96, 4)  # (each group's minimum and maximum present)
+    exact[:, 1::32] = (lows + 15 * steps).view(96, 4)
+    exact = exact.to(torch.bfloat16)
+    if not int4_available(exact):
+        pytest.skip("no 4-bit kernel in this torch")
+    assert torch.equal(dequantize_int4(quantize_int4(exact), 128), exact)
+    weight = torch.randn(96, 128, generator=g).to(torch.bfloat16)
+    back = dequantize_int4(quantize_int4(weight), 128).float()
+    groups = weight.float().view(96, 4, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    error = (back - weight.float()).view(96, 4, 32).abs().amax(-1)
+    assert bool((error <= step / 2 + groups.abs().amax(-1) / 64).all())  # (bf16 offsets)
+    assert not int4_available(weight.float()) and not int4_available(weight[:, :100])
+
+
+def test_decode_passes_of_few_rows_use_the_4bit_weights() -> None:
+    """Up to `int4_rows` decoding rows, the layers multiply by the 4-bit weights (the
+    logits of a model holding their dequantized values); a wider pass, or one that
+    reads a prompt, by the dtype's, as if there were no 4-bit weights."""
+    ours, plain, rounded = bf16_model(), bf16_model(), bf16_model()
+    ours.int4_rows = 2
+    assert all(layer.int4 is not None for layer in ours.layers)
+    for layer, source in zip(rounded.layers, ours.layers, strict=True):
+        assert source.int4 is not None
+        layer.qkv, layer.out, layer.gate_up, layer.down = (
+            dequantize_int4(w, dense.shape[1])
+            for w, dense in zip(source.int4, (layer.qkv, layer.out, layer.gate_up, layer.down),
+                                strict=True)
+        )  # fmt: skip
+    prompts = [list(range(3, 20)), list(range(30, 41)), list(range(50, 63))]
+
+    def run(model: Any, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        slab = model.slab(3)
+        with torch.inference_mode():
+            for i, p in enumerate(prompts):
+                read = model.forward(slab, p, [Segment(i, 0, len(p))])
+            step = [Segment(i, len(prompts[i]), 1) for i in range(rows)]
+            return read, model.forward(slab, [7] * rows, step, decoding=rows)
+
+    read, two = run(ours, 2)
+    assert torch.equal(read, run(plain, 2)[0])  # a prompt: the bf16 weights
+    torch.testing.assert_close(two, run(rounded, 2)[1], atol=0.05, rtol=0.02)
+    assert not torch.equal(two, run(plain, 2)[1])
+    assert torch.equal(run(ours, 3)[1], run(plain, 3)[1])  # three rows: wider than 2
+    ours.use_int4(1)
+    assert torch.equal(run(ours, 2)[1], run(plain, 2)[1])
+    ours.int4_rows = 0
+    assert all(layer.int4 is None for layer in ours.layers)
+    with pytest.raises(ValueError, match="not built"):
+        ours.use_int4(1)
+    with pytest.raises(ValueError, match="bf16"):
+        llama_from_transformers(build("llama")).int4_rows = 1  # (float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bot.generation import tuning
 from bot.generation.kv import KVSlab, Segment
@@ -274,7 +275,7 @@ def test_loading_chooses_the_ways_for_the_engine_in_the_model_cache(
     the model cache of the settings, and the engine computes as it chose."""
     calls: list[tuple[int, Path]] = []
 
-    def chosen(model: LlamaModel, rows: int, cache_dir: Path) -> None:
+    def chosen(model: LlamaModel, rows: int, cache_dir: Path, int4: bool) -> None:
         calls.append((rows, cache_dir))
         model.products, model.attention = "transposed", "sdpa"
 
@@ -288,3 +289,85 @@ def test_loading_chooses_the_ways_for_the_engine_in_the_model_cache(
         assert gen.fast.attention == "sdpa"
     finally:
         gen.close()
+
+
+# Planned times (ms) of a decode pass with 4-bit weights, by its rows: faster than any
+# pass with the dtype's weights (47 to 62 ms planned above) up to 2 rows, not at 4.
+INT4_TIMES = {1: 10.0, 2: 20.0, 4: 100.0}
+INT4_MEASURED = len(INT4_TIMES) * (ROUNDS + 1) * 2
+
+
+class PlannedInt4(Planned):
+    """`Planned`, and a pass whose rows all use the 4-bit weights takes INT4_TIMES."""
+
+    def __call__(self, model: LlamaModel, slab: KVSlab, segments: list[Segment]) -> float:
+        if model.int4_rows >= len(segments):
+            self.ways.append(("int4", str(len(segments))))
+            return INT4_TIMES[len(segments)] * self.load(self.passes - 1)
+        return super().__call__(model, slab, segments)
+
+
+@pytest.fixture
+def bf16() -> LlamaModel:
+    ours = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert ours is not None
+    if not ours.int4_available():
+        pytest.skip("no 4-bit kernel in this torch")
+    return ours
+
+
+def test_4bit_weights_are_used_up_to_the_rows_where_they_were_faster(
+    bf16: LlamaModel, tmp_path: Path
+) -> None:
+    """Timed at 1, 2 and 4 rows against the dtype's weights: faster up to 2 rows, so
+    decode passes of up to 2 rows use them; remembered, and at the next start set again
+    (the 4-bit weights built) after a check that runs without them; `int4=False` (the
+    setting off) leaves them out."""
+    assert tuning.int4_counts(8) == [1, 2, 4, 8] and tuning.int4_counts(6) == [1, 2, 4, 6]
+    assert tuning.int4_counts(1) == [1]
+    timer = PlannedInt4()
+    choose_ways(bf16, 4, tmp_path, timer=timer)
+    assert timer.passes == MEASURED + INT4_MEASURED
+    assert bf16.int4_rows == 2 and all(layer.int4 is not None for layer in bf16.layers)
+    entry = remembered(tmp_path)
+    assert entry["int4_rows"] == 2
+    assert {n: t["int4"] for n, t in entry["int4_ms_per_pass"].items()} == {
+        str(n): t for n, t in INT4_TIMES.items()
+    }
+    again = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert again is not None
+    checked = PlannedInt4()
+    choose_ways(again, 4, tmp_path, timer=checked)
+    assert checked.passes == CHECKED and "int4" not in {w for w, _ in checked.ways}
+    assert again.int4_rows == 2 and again.layers[0].int4 is not None
+    choose_ways(again, 4, tmp_path, timer=checked, int4=False)
+    assert checked.passes == 2 * CHECKED  # the record serves without its 4-bit part
+    assert again.int4_rows == 0 and again.layers[0].int4 is None
+
+
+@pytest.mark.parametrize(
+    "how", ["no limit", "a limit past the rows", "a count not timed", "slower within the limit",
+            "faster past the limit"],
+)  # fmt: skip
+def test_a_4bit_record_that_is_not_valid_is_measured_again(
+    bf16: LlamaModel, tmp_path: Path, how: str
+) -> None:
+    choose_ways(bf16, 4, tmp_path, timer=PlannedInt4())
+    path = tmp_path / PRODUCTS_FILE
+    key, entry = next(iter(json.loads(path.read_text()).items()))
+    match how:
+        case "no limit":
+            del entry["int4_rows"]
+        case "a limit past the rows":
+            entry["int4_rows"] = 8
+        case "a count not timed":
+            del entry["int4_ms_per_pass"]["2"]
+        case "slower within the limit":
+            entry["int4_ms_per_pass"]["2"]["int4"] = 500.0
+        case "faster past the limit":
+            entry["int4_ms_per_pass"]["4"]["int4"] = 1.0
+    path.write_text(json.dumps({key: entry}))
+    timer = PlannedInt4()
+    choose_ways(bf16, 4, tmp_path, timer=timer)
+    assert timer.passes == MEASURED + INT4_MEASURED
+    assert remembered(tmp_path)["int4_rows"] == 2 == bf16.int4_rows

@@ -151,3 +151,62 @@ def test_each_way_keeps_bf16_logits_near_the_float32_logits(
     )
     print(f"{products}, {attention}: bf16 logits at most {worst:.3f} from float32")
     assert worst <= BF16_BOUND, f"{products}, {attention}: a logit {worst:.3f} from float32"
+
+
+def test_4bit_decode_passes_stay_near_the_float32_logits(
+    bf16_model: LlamaModel, texts: list[Text]
+) -> None:
+    """The layers' weights in 4-bit groups (`LlamaModel.int4_rows`: decode passes of few
+    rows): the same texts as above, the prompts read with the bf16 weights, then four
+    rows decoding with the 4-bit ones. The embedded model's layers are 4-bit at their
+    source, so its logits stay within the bf16 bound, and the reply tokens are as
+    likely as with bf16 weights (their mean log-likelihood, the log of perplexity)."""
+    if not bf16_model.int4_available():
+        pytest.skip("no 4-bit kernel in this torch")
+    model = pinned(bf16_model, "linear", "matmul")
+    prompts = [p for p, _, _ in texts]
+    n = [len(p) for p in prompts]
+
+    def decoded(int4_rows: int) -> list[list[torch.Tensor]]:
+        model.int4_rows = int4_rows
+        got: list[list[torch.Tensor]] = [[] for _ in texts]
+        with torch.inference_mode():
+            slab = model.slab(len(texts))
+            for i, p in enumerate(prompts):
+                model.forward(slab, p[:-1], [Segment(i, 0, n[i] - 1)])
+            for step in range(len(texts[0][1])):
+                ids = [(p[-1:] + reply)[step] for p, reply, _ in texts]
+                rows = [Segment(i, n[i] - 1 + step, 1) for i in range(len(texts))]
+                logits = model.forward(slab, ids, rows, decoding=len(texts))
+                for i in range(len(texts)):
+                    got[i].append(logits[i])
+        return got
+
+    try:
+        quantized, dense = decoded(len(texts)), decoded(0)
+    finally:
+        model.int4_rows = 0
+
+    def mean_log_likelihood(got: list[list[torch.Tensor]]) -> float:
+        scores = [
+            torch.stack(ours).float().log_softmax(-1)[torch.arange(len(reply)), reply].mean()
+            for (_, reply, _), ours in zip(texts, got, strict=True)
+        ]
+        return float(torch.stack(scores).mean())
+
+    worst = max(
+        float((torch.stack(ours).float() - exact[: len(ours)]).abs().max())
+        for (_, _, exact), ours in zip(texts, quantized, strict=True)
+    )
+    assert (
+        max(
+            float((torch.stack(q).float() - torch.stack(d).float()).abs().max())
+            for q, d in zip(quantized, dense, strict=True)
+        )
+        > 0
+    )  # (the 4-bit weights were used)
+    four, sixteen = mean_log_likelihood(quantized), mean_log_likelihood(dense)
+    print(f"4-bit: logits at most {worst:.3f} from float32; log-likelihood {four:.4f}, "
+          f"bf16 {sixteen:.4f}")  # fmt: skip
+    assert worst <= BF16_BOUND
+    assert four >= sixteen - 0.05

@@ -32,9 +32,14 @@ import torch.nn.functional as F
 from bot.generation.kv import KVSlab, Segment
 from bot.generation.ways import (
     ATTENTION_WAYS,
+    INT4_PRODUCTS,
     PRODUCT_WAYS,
+    Int4Weight,
+    Products,
+    int4_available,
     pack,
     packing_available,
+    quantize_int4,
     unpack,
 )
 
@@ -133,6 +138,9 @@ class _Layer:
     mlp_norm: Tensor
     gate_up: Tensor  # gate and up projections, stacked: 2 * intermediate rows
     down: Tensor
+    # The four product matrices again in 4-bit groups, for decode passes of few rows
+    # (see `LlamaModel.int4_rows`): qkv, out, gate_up, down.
+    int4: tuple[Int4Weight, Int4Weight, Int4Weight, Int4Weight] | None = None
 
 
 def _joined(w: dict[str, Tensor], name: str, parts: list[str]) -> Tensor | None:
@@ -187,6 +195,7 @@ class LlamaModel:
         # The ways chosen, each looked up once here, not tested in every layer.
         self._products = PRODUCT_WAYS["linear"]
         self._attend_decoding = ATTENTION_WAYS["matmul"]
+        self._int4_rows = 0
 
     @property
     def products(self) -> str:
@@ -228,6 +237,53 @@ class LlamaModel:
         if way is None:
             raise ValueError(f"unknown attention {attention!r}")
         self._attend_decoding = way
+
+    @property
+    def int4_rows(self) -> int:
+        """Decode passes of at most this many rows (and no prompt tokens) multiply by
+        the layers' weights in 4-bit groups (`ways.quantize_int4`), kept beside the
+        dtype's (about a third more memory for weights); 0: never. Prompt chunks and
+        wider passes, and the output layer always, use the dtype's weights: the 4-bit
+        kernel reads a quarter of the bytes, but dequantizes for every row, so it pays
+        only on passes of few rows (bot/generation/tuning.py measures how few).
+
+        The embedded model's layers are 4-bit at their source, groups of 32 along the
+        input as here: its perplexity on a fixed text moved by under 1% (docs/engine.md)."""
+        return self._int4_rows
+
+    @int4_rows.setter
+    def int4_rows(self, rows: int) -> None:
+        """Build the 4-bit weights (once: about a second for the embedded model) and use
+        them up to `rows` rows; 0 drops them."""
+        if rows < 0:
+            raise ValueError(f"int4_rows must be 0 or more, not {rows}")
+        if rows and self.layers[0].int4 is None:
+            if not self.int4_available():
+                raise ValueError(
+                    "4-bit weights need bf16 weights on a CPU whose torch has the kernel"
+                )
+            for layer in self.layers:
+                dense = (unpack(w) for w in (layer.qkv, layer.out, layer.gate_up, layer.down))
+                q, o, gu, d = (quantize_int4(w) for w in dense)
+                layer.int4 = (q, o, gu, d)
+        elif not rows:
+            for layer in self.layers:
+                layer.int4 = None
+        self._int4_rows = rows
+
+    def use_int4(self, rows: int) -> None:
+        """Use the 4-bit weights built already up to `rows` rows (0: not at all), keeping
+        them: for measuring with and without."""
+        if rows and self.layers[0].int4 is None:
+            raise ValueError("the 4-bit weights are not built (set int4_rows)")
+        self._int4_rows = rows
+
+    def int4_available(self) -> bool:
+        """Whether this model's layers can be held in 4-bit groups here."""
+        first = self.layers[0]
+        return self.dtype == torch.bfloat16 and all(
+            int4_available(w) for w in (first.qkv, first.out, first.gate_up, first.down)
+        )
 
     def _convert(self, convert: Callable[[Tensor], Tensor]) -> None:
         for layer in self.layers:
@@ -282,6 +338,7 @@ class LlamaModel:
         cos, sin = cos[:, None, :], sin[:, None, :]  # (n, 1, head_dim): one for every head
         masks = self._masks(segments, decoding, slab.capacity)
         n = len(ids)
+        quick = n == decoding and n <= self._int4_rows  # (see `int4_rows`)
         # The weight products run on `rows` rows, n rounded up (padding rows: token 0,
         # kept out of the cache and of attention): see `padded_rows`.
         rows = padded_rows(n)
@@ -297,10 +354,15 @@ class LlamaModel:
         # the order of the rows copied below.
         at = torch.cat((at, at + slab.slots * kv * slab.capacity), dim=1).view(-1)
         for i, layer in enumerate(self.layers):
+            way: Products
+            weights: tuple[Any, Any, Any, Any]
+            if quick:
+                assert layer.int4 is not None
+                way, weights = INT4_PRODUCTS, layer.int4
+            else:
+                way, weights = products, (layer.qkv, layer.out, layer.gate_up, layer.down)
             h = self._norm(x, layer.attention_norm)  # (rows, hidden)
-            qkv = products.linear(h, layer.qkv, layer.qkv_bias).view(
-                rows, heads + 2 * kv, c.head_dim
-            )
+            qkv = way.linear(h, weights[0], layer.qkv_bias).view(rows, heads + 2 * kv, c.head_dim)
             qk = _rotate(qkv[:n, : heads + kv], cos, sin)  # q and k rotated together
             keys, values = slab.layers[i]  # each (slots, kv_heads, capacity, head_dim)
             new = torch.cat((qk[:, heads:], qkv[:n, heads + kv :]), dim=1)  # (n, 2 * kv, dim)
@@ -310,8 +372,8 @@ class LlamaModel:
             )
             if rows > n:
                 attended = F.pad(attended, (0, 0, 0, rows - n))
-            x = x + products.linear(attended, layer.out, layer.out_bias)
-            x = x + products.mlp(self._norm(x, layer.mlp_norm), layer.gate_up, layer.down)
+            x = x + way.linear(attended, weights[1], layer.out_bias)
+            x = x + way.mlp(self._norm(x, layer.mlp_norm), weights[2], weights[3])
         last = []
         offset = 0
         for s in segments:

@@ -234,7 +234,9 @@ class LocalGenerator:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
             if device == "cpu":
-                choose_ways(fast, min(max_batch, 8), settings.cache_dir)
+                choose_ways(
+                    fast, min(max_batch, 8), settings.cache_dir, int4=settings.int4 == "auto"
+                )
             return fast
 
         try:

@@ -68,6 +68,9 @@ FAR = 1.5
 
 PRODUCTS_FILE = "products.json"
 
+# What `choose_int4` times at each row count: the model's dtype's weights, and 4-bit.
+INT4_WAYS = ("dense", "int4")
+
 # Runs one decode pass of the segments (every one a decoding row) and returns its
 # milliseconds; the tests give one that returns planned times.
 PassTimer = Callable[[LlamaModel, KVSlab, list[Segment]], float]
@@ -113,12 +116,19 @@ class Timing:
 
 
 def choose_ways(
-    model: LlamaModel, rows: int, cache_dir: Path, *, timer: PassTimer = timed_pass
+    model: LlamaModel,
+    rows: int,
+    cache_dir: Path,
+    *,
+    timer: PassTimer = timed_pass,
+    int4: bool = True,
 ) -> None:
     """Set how `model` computes its weight products and its decoding rows' attention on
-    this machine: as remembered in `cache_dir` for this CPU, torch version, thread
-    count, model shape, dtype and batch width, or measured (`choose_products`, then
-    `choose_attention`: a few seconds) and remembered when the measurement was steady.
+    this machine, and up to how many rows its decode passes use 4-bit weights (with
+    `int4` and bf16 weights on a CPU: `LlamaModel.int4_rows`): as remembered in
+    `cache_dir` for this CPU, torch version, thread count, model shape, dtype and batch
+    width, or measured (`choose_products`, `choose_attention`, then `choose_int4`: a
+    few seconds) and remembered when the measurement was steady.
 
     What is remembered is validated at every start: every way offered now was timed
     (a way added since is measured), the chosen ones are the fastest recorded, and the
@@ -129,8 +139,11 @@ def choose_ways(
     key = _key(model, rows)
     path = cache_dir / PRODUCTS_FILE
     known = _read(path)
-    entry = _valid(known.get(key), available_products(model.device))
-    if entry is not None and not _use(model, entry):
+    int4 = int4 and model.int4_available()
+    if not int4:
+        model.int4_rows = 0
+    entry = _valid(known.get(key), available_products(model.device), rows if int4 else None)
+    if entry is not None and not _use(model, entry, int4=int4):
         entry = None
     if entry is not None:
         now = _check(model, rows, timer)
@@ -153,9 +166,17 @@ def choose_ways(
         lambda: choose_attention(model, rows, timer=timer), use_attention
     )
     log.info("attention: %s (ms per %d-row pass: %s)", model.attention, rows, attention.rounded())
-    if not (steady and steady_too):
+    quantized: dict[int, Timing] = {}
+    steady_int4 = True
+    if int4:
+        quantized, steady_int4 = choose_int4(model, rows, timer=timer)
+        log.info(
+            "4-bit weights for decode passes of up to %d rows (ms per pass: %s)",
+            model.int4_rows, {n: t.rounded() for n, t in quantized.items()},
+        )  # fmt: skip
+    if not (steady and steady_too and steady_int4):
         if entry is not None:  # (a steady record is worth more than an unsteady measurement)
-            _use(model, entry)
+            _use(model, entry, int4=int4)
         log.info("the CPU was busy while measuring: these ways are not remembered")
         return
     known[key] = {
@@ -163,6 +184,9 @@ def choose_ways(
         "attention": model.attention, "attention_ms_per_pass": attention.rounded(),
         "rounds": ROUNDS, "steady": True,
     }  # fmt: skip
+    if int4:
+        known[key]["int4_rows"] = model.int4_rows
+        known[key]["int4_ms_per_pass"] = {str(n): t.rounded() for n, t in quantized.items()}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
@@ -211,6 +235,48 @@ def choose_attention(
     timing = _time_ways(model, slab, segments, ATTENTION, use=use, rounds=rounds, timer=timer)
     model.attention = timing.fastest()
     return timing
+
+
+def int4_counts(rows: int) -> list[int]:
+    """The decode passes' row counts `choose_int4` times, in order: 1, 2, 4, … and `rows`."""
+    counts = [1 << i for i in range(rows.bit_length()) if 1 << i < rows]
+    return [*counts, rows]
+
+
+def choose_int4(
+    model: LlamaModel, rows: int, *, rounds: int = ROUNDS, timer: PassTimer = timed_pass
+) -> tuple[dict[int, Timing], bool]:
+    """Time decode passes of 1, 2, 4, … up to `rows` rows with the layers' weights in
+    4-bit groups and with the model's dtype ("int4", "dense"), and set
+    `model.int4_rows` to the most rows up to which the 4-bit weights were faster at
+    every count timed (0 drops them). The 4-bit kernel reads a quarter of the bytes but
+    dequantizes for every row: on an AMD EPYC with AVX-512 one row's pass took 20
+    against 29 ms, eight rows' 45 against 46 (the benchmark docs have the figures).
+    Returns each count's times and whether all were steady."""
+    if not model.int4_rows:
+        model.int4_rows = rows  # builds the 4-bit weights
+    timings: dict[int, Timing] = {}
+    steady, limit = True, 0
+    for count in int4_counts(rows):
+        slab = model.slab(count)
+        slab.ensure(WIDTH_STEP)
+        segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(count)]
+
+        def use(way: str, count: int = count) -> None:
+            model.use_int4(count if way == "int4" else 0)
+
+        def measure(slab: KVSlab = slab, segments: list[Segment] = segments) -> Timing:
+            slab.ensure(WIDTH_STEP)  # (each measurement releases it)
+            return _time_ways(model, slab, segments, INT4_WAYS, use=use, rounds=rounds, timer=timer)
+
+        timing, steady_count = _steadily(measure, lambda _: None)
+        timings[count] = timing
+        steady = steady and steady_count
+        if timing.fastest() != "int4":
+            break
+        limit = count
+    model.int4_rows = limit
+    return timings, steady
 
 
 def _attention_passes(model: LlamaModel, rows: int) -> tuple[KVSlab, list[Segment]]:
@@ -267,17 +333,23 @@ def _check(model: LlamaModel, rows: int, timer: PassTimer) -> float | None:
     """The median milliseconds of CHECKS passes as `choose_attention` times them, with
     the model's ways as they are; None when such a pass fails."""
     slab, segments = _attention_passes(model, rows)
-    timing = _time_ways(
-        model, slab, segments, ["as set"], use=lambda _: None, rounds=CHECKS, timer=timer
-    )
+    int4_rows = model.int4_rows
+    model.use_int4(0)  # (as `choose_attention` timed them)
+    try:
+        timing = _time_ways(
+            model, slab, segments, ["as set"], use=lambda _: None, rounds=CHECKS, timer=timer
+        )
+    finally:
+        model.use_int4(int4_rows)
     return timing.medians().get("as set")
 
 
-def _valid(entry: object, offered: Sequence[str]) -> dict[str, Any] | None:
+def _valid(entry: object, offered: Sequence[str], int4_rows: int | None) -> dict[str, Any] | None:
     """A remembered entry that can be used as it is, or None: every way offered timed,
     every time a positive number, the chosen ways the fastest recorded, measured
     steadily over ROUNDS passes (entries written before measurements had to be
-    steady are measured again)."""
+    steady are measured again); where 4-bit weights are offered for passes of up to
+    `int4_rows` rows, a limit within that and times for every count it covers."""
     if not isinstance(entry, dict) or entry.get("steady") is not True:
         return None
     if not isinstance(entry.get("rounds"), int) or entry["rounds"] < ROUNDS:
@@ -290,6 +362,21 @@ def _valid(entry: object, offered: Sequence[str]) -> dict[str, Any] | None:
             return None
         if entry.get(choice) not in ways or timed[entry[choice]] > min(timed[w] for w in ways):
             return None
+    if int4_rows is not None:
+        limit, counted = entry.get("int4_rows"), entry.get("int4_ms_per_pass")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= int4_rows:
+            return None
+        if not isinstance(counted, dict):
+            return None
+        for count in int4_counts(int4_rows):  # timed up to the first count 4-bit lost
+            ms = counted.get(str(count))
+            if not isinstance(ms, dict) or not all(_positive(ms.get(w)) for w in INT4_WAYS):
+                return None
+            faster, slower = ms["int4"] < ms["dense"], ms["int4"] > ms["dense"]
+            if (count <= limit and slower) or (count > limit and faster):
+                return None
+            if count > limit:
+                break
     return entry
 
 
@@ -297,10 +384,11 @@ def _positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def _use(model: LlamaModel, entry: dict[str, Any]) -> bool:
+def _use(model: LlamaModel, entry: dict[str, Any], *, int4: bool) -> bool:
     try:
         model.products = entry["products"]
         model.attention = entry["attention"]
+        model.int4_rows = entry["int4_rows"] if int4 else 0
     except (RuntimeError, ValueError) as exc:
         log.warning("the remembered ways %s failed (%s): measuring", entry, exc)
         return False

@@ -7,6 +7,8 @@ testing a mode in every layer."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,12 @@ class Products:
 
     packed = False  # whether the weights are packed for oneDNN (see `LlamaModel.products`)
 
-    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def linear(self, x: Tensor, weight: Any, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
 
-    def mlp(self, h: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
-        """down @ (silu(gate) * up), gate and up from one product."""
+    def mlp(self, h: Tensor, gate_up: Any, down: Any) -> Tensor:
+        """down @ (silu(gate) * up), gate and up from one product (the weights as this
+        way's `linear` takes them)."""
         gate, up = self.linear(h, gate_up, None).chunk(2, dim=-1)
         return self.linear(F.silu(gate) * up, down, None)
 
@@ -90,6 +93,80 @@ def pack(weight: Tensor) -> Tensor:
 
 def unpack(weight: Tensor) -> Tensor:
     return weight.to_dense() if weight.is_mkldnn else weight
+
+
+# 4-bit weights for decode passes: every group of INT4_GROUP consecutive weights of a
+# row (along the input) holds 16 levels, from its own bf16 scale and offset. The
+# embedded model's layers are 4-bit at their source (GGUF Q4_1, blocks of 32 along the
+# input), so its groups come back from the bf16 weights nearly as they were.
+INT4_GROUP = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Int4Weight:
+    """A weight matrix (out, in) in 4-bit groups, packed for torch's CPU kernel."""
+
+    packed: Tensor  # (out, in / 2) uint8, as `_convert_weight_to_int4pack_for_cpu` lays it
+    scales_zeros: Tensor  # (in / INT4_GROUP, out, 2) bf16: each group's scale and offset
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes + self.scales_zeros.nbytes)
+
+
+def int4_available(weight: Tensor) -> bool:
+    """Whether `weight` can be held in 4-bit groups here: a bf16 matrix on a CPU whose
+    torch has the kernel, with a whole number of groups per row."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.bfloat16
+        and weight.dim() == 2
+        and weight.shape[1] % INT4_GROUP == 0
+        and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        and hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+    )
+
+
+def quantize_int4(weight: Tensor) -> Int4Weight:
+    """Each group of INT4_GROUP weights as 16 evenly spaced levels from its minimum to its
+    maximum (both kept), w = (q - 8) * scale + offset as the kernel computes it."""
+    rows, inputs = weight.shape
+    groups = weight.float().view(rows, inputs // INT4_GROUP, INT4_GROUP)
+    low, high = groups.aminmax(dim=-1)
+    scale = ((high - low) / 15).clamp_(min=torch.finfo(torch.bfloat16).tiny)
+    levels = torch.round((groups - low[..., None]) / scale[..., None]).clamp_(0, 15)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        levels.to(torch.int32).view(rows, inputs), 1
+    )
+    offset = low + 8 * scale
+    scales_zeros = torch.stack((scale.t(), offset.t()), dim=-1).to(torch.bfloat16).contiguous()
+    return Int4Weight(packed, scales_zeros)
+
+
+def dequantize_int4(weight: Int4Weight, inputs: int) -> Tensor:
+    """The bf16 matrix (out, inputs) the kernel multiplies by, as the identity's product
+    (for tests and measurements)."""
+    return int4_linear(torch.eye(inputs, dtype=torch.bfloat16), weight).t().contiguous()
+
+
+def int4_linear(x: Tensor, weight: Int4Weight) -> Tensor:
+    out: Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x.contiguous(), weight.packed, INT4_GROUP, weight.scales_zeros
+    )
+    return out
+
+
+class Int4Products(Products):
+    """The products of a decode pass with the layers' weights in 4-bit groups (a quarter
+    of the bytes of bf16 read from memory; the dequantizing costs arithmetic per row, so
+    it pays on passes of few rows: bot/generation/tuning.py measures up to how many)."""
+
+    def linear(self, x: Tensor, weight: Any, bias: Tensor | None) -> Tensor:
+        out = int4_linear(x, weight)
+        return out if bias is None else out + bias
+
+
+INT4_PRODUCTS = Int4Products()
 
 
 # How the decoding rows (one query each) attend to their cached keys and values. Each
