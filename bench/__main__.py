@@ -57,6 +57,11 @@ def _generation_options(load: argparse.ArgumentParser) -> None:
         help="skip the llama.cpp column (run when LLAMA_SERVER or the bench extra gives "
         "llama-server)",
     )  # fmt: skip
+    load.add_argument(
+        "--llamacpp-weights", choices=("bf16", "q4_1"), default="bf16",
+        help="llama.cpp's weights: the embedded GGUF requantized to BF16 (the engine's bf16 "
+        "values; default), or the GGUF itself (Q4_1, what Ollama runs)",
+    )  # fmt: skip
     load.add_argument("--out", type=Path, help="also write the JSON result here")
     load.add_argument("--png", type=Path, help="also plot throughput and TTFT here")
 
@@ -131,7 +136,9 @@ async def _generation(settings: Settings, args: argparse.Namespace) -> int:
     def note(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    llamacpp = side_by_side(settings, enabled=not args.no_llamacpp, progress=note)
+    llamacpp = side_by_side(
+        settings, enabled=not args.no_llamacpp, weights=args.llamacpp_weights, progress=note
+    )
     result = await bench(
         settings,
         levels=levels,

@@ -552,6 +552,7 @@ async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
         "dtype": str(batched.fast.dtype).removeprefix("torch.") if batched.fast else None,
         "weight_products": batched.fast.products if batched.fast else None,
         "attention": batched.fast.attention if batched.fast else None,
+        "int4_rows": batched.fast.int4_rows if batched.fast else None,
         "remembered_history": history,
     }
     if llamacpp is not None:

@@ -328,6 +328,7 @@ class SideBySide:
     model: Path | None = None
     version: str = ""
     log_dir: Path | None = None
+    weights: str = "bf16"  # or "q4_1": the embedded GGUF as it is
 
     @property
     def available(self) -> bool:
@@ -341,6 +342,7 @@ class SideBySide:
             "server": self.binaries.server.name,
             "version": self.version,
             "model": self.model.name if self.model else None,
+            "weights": self.weights,
             "threads": self.threads,
             "slot_context": self.slot_context,
         }
@@ -360,12 +362,15 @@ class SideBySide:
         # One prompt window and one reply per slot, in whole blocks of 256.
         self.slot_context = -(-(prompt_budget + params.max_new_tokens + 16) // 256) * 256
         try:
-            self.model = await asyncio.to_thread(
-                bf16_gguf, self.binaries.quantize, embedded_gguf(),
-                self.settings.model.cache_dir, threads, self.progress,
-            )  # fmt: skip
+            if self.weights == "q4_1":
+                self.model = embedded_gguf()
+            else:
+                self.model = await asyncio.to_thread(
+                    bf16_gguf, self.binaries.quantize, embedded_gguf(),
+                    self.settings.model.cache_dir, threads, self.progress,
+                )  # fmt: skip
         except (LlamaCppError, GenerationError, OSError, subprocess.SubprocessError) as exc:
-            self.reason = f"the BF16 weights for llama.cpp could not be made: {exc}"
+            self.reason = f"the {self.weights} weights for llama.cpp could not be made: {exc}"
             self.progress(f"llama.cpp column skipped: {self.reason}")
             return
         self.version = await asyncio.to_thread(server_version, self.binaries.server)
@@ -416,11 +421,11 @@ def server_version(server: Path) -> str:
 
 def side_by_side(
     settings: Settings, *, enabled: bool = True, env: Mapping[str, str] | None = None,
-    progress: Progress = print,
+    weights: str = "bf16", progress: Progress = print,
 ) -> SideBySide:  # fmt: skip
     """The llama.cpp column for this run: available when the server is found and the
     embedded model is the one benchmarked; else skipped, and `progress` says why in
-    one line."""
+    one line. `weights`: "bf16" (the engine's values) or "q4_1" (the GGUF itself)."""
     if not enabled:
         return SideBySide(settings, None, "turned off by --no-llamacpp", progress)
     if settings.model.path is not None:
@@ -430,7 +435,10 @@ def side_by_side(
     binaries, reason = find_binaries(env)
     if binaries is None:
         progress(f"llama.cpp column skipped: {reason}.")
-    return SideBySide(settings, binaries, reason, progress)
+    return SideBySide(settings, binaries, reason, progress, weights=weights)
+
+
+WEIGHTS_NAMES = {"bf16": "the engine's BF16 weights", "q4_1": "the embedded GGUF (Q4_1)"}
 
 
 def table(result: dict[str, Any]) -> list[str]:
@@ -443,7 +451,8 @@ def table(result: dict[str, Any]) -> list[str]:
     if "skipped" in info:
         return [f"llama.cpp: skipped ({info['skipped']})"]
     lines = [
-        f"side by side, the same BF16 weights and {info['threads']} threads "
+        f"side by side, llama.cpp on {WEIGHTS_NAMES.get(info.get('weights', 'bf16'))} "
+        f"and {info['threads']} threads "
         f"(llama.cpp {info['version'] or 'version unknown'}):",
         "users  engine tok/s  llama.cpp tok/s  engine TTFT p50/p95  llama.cpp TTFT p50/p95"
         "  engine MB  llama.cpp MB",

@@ -155,6 +155,25 @@ def test_the_bf16_weights_are_made_once_per_source(binaries: Path, tmp_path: Pat
         bf16_gguf(None, source, cache, 2, said.append)
 
 
+async def test_with_q4_1_weights_the_server_reads_the_embedded_gguf_itself(
+    keys: Keys, binaries: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--llamacpp-weights q4_1`: nothing is requantized, the report says which weights."""
+    source = tmp_path / "embedded-q4_1.gguf"
+    source.write_bytes(b"GGUF" + b"\0" * 60)
+    monkeypatch.setattr(llamacpp, "embedded_gguf", lambda: source)
+    column = side_by_side(
+        make_settings(keys), env={"LLAMA_SERVER": str(binaries / "llama-server")},
+        weights="q4_1", progress=print,
+    )  # fmt: skip
+    described = await column.prepare(
+        threads=2, prompt_budget=1000, params=GenerationParams(max_new_tokens=4)
+    )
+    assert column.model == source and described["weights"] == "q4_1"
+    assert not (tmp_path / "quantize-runs").exists()
+    assert "llama.cpp on the embedded GGUF (Q4_1)" in table({"llamacpp": described})[0]
+
+
 def stand_in(binaries: Path, port: int, *extra: str) -> list[str]:
     return server_command(
         binaries / "llama-server", Path("m.gguf"), port=port, slots=2, threads=2,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from bot.generation import tuning
+from bot.generation import llama, tuning
 from bot.generation.kv import KVSlab, Segment
 from bot.generation.llama import LlamaModel
 from bot.generation.local import LocalGenerator
@@ -30,7 +31,13 @@ from bot.generation.tuning import (
     choose_ways,
 )
 from bot.generation.ways import ATTENTION, available_products
-from bot.generation.weights import cached_model_dir, llama_from_transformers
+from bot.generation.weights import (
+    cached_model_dir,
+    int4_cache_file,
+    llama_from_transformers,
+    read_int4,
+    write_int4,
+)
 from tests.conftest import model_settings
 from tests.test_llama import build
 
@@ -371,3 +378,66 @@ def test_a_4bit_record_that_is_not_valid_is_measured_again(
     choose_ways(bf16, 4, tmp_path, timer=timer)
     assert timer.passes == MEASURED + INT4_MEASURED
     assert remembered(tmp_path)["int4_rows"] == 2 == bf16.int4_rows
+
+
+def test_the_4bit_weights_are_kept_for_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built at the first start where the engine uses them, into the model cache; read
+    back at the next start instead of built again."""
+    directory = cached_model_dir(model_settings().cache_dir)  # converted already
+    settings = model_settings().model_copy(
+        update={"cache_dir": tmp_path, "path": directory, "dtype": "bfloat16"}
+    )
+
+    def chosen(model: LlamaModel, rows: int, cache_dir: Path, int4: bool) -> None:
+        model.int4_rows = 2 if int4 else 0
+
+    monkeypatch.setattr(tuning, "choose_ways", chosen)
+    first = LocalGenerator.load(settings, max_batch=4)
+    try:
+        assert first.fast is not None
+        if not first.fast.int4_available():
+            pytest.skip("no 4-bit kernel in this torch")
+        built = [layer.int4 for layer in first.fast.layers]
+    finally:
+        first.close()
+    assert int4_cache_file(tmp_path, directory).is_file()
+    monkeypatch.setattr(llama, "quantize_int4", lambda weight: pytest.fail("built again"))
+    second = LocalGenerator.load(settings, max_batch=4)
+    try:
+        assert second.fast is not None and second.fast.int4_rows == 2
+        for a, b in zip(built, (layer.int4 for layer in second.fast.layers), strict=True):
+            assert a is not None and b is not None
+            for x, y in zip(a, b, strict=True):
+                assert torch.equal(x.packed, y.packed)
+                assert torch.equal(x.scales_zeros, y.scales_zeros)
+    finally:
+        second.close()
+
+
+def test_kept_4bit_weights_that_do_not_fit_are_built_again(tmp_path: Path) -> None:
+    """A file cut short, or one kept for another shape of model, is not used."""
+    model = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert model is not None
+    if not model.int4_available():
+        pytest.skip("no 4-bit kernel in this torch")
+    model.int4_rows = 2
+    file = tmp_path / "int4.safetensors"
+    write_int4(model, file)
+    fresh = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert fresh is not None and read_int4(fresh, file)
+    assert all(layer.int4 is not None for layer in fresh.layers)
+    shallow = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert shallow is not None
+    shallow.layers.pop()  # a model of one layer
+    assert not read_int4(shallow, file)
+    wider = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert wider is not None
+    wider.config = replace(wider.config, intermediate=96)  # (its MLP's shapes)
+    assert not read_int4(wider, file) and wider.layers[0].int4 is None
+    file.write_bytes(file.read_bytes()[:-100])
+    again = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert again is not None and not read_int4(again, file)
+    assert all(layer.int4 is None for layer in again.layers)
+    assert not read_int4(again, tmp_path / "missing.safetensors")

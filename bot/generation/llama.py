@@ -271,6 +271,16 @@ class LlamaModel:
                 layer.int4 = None
         self._int4_rows = rows
 
+    def give_int4(
+        self, weights: list[tuple[Int4Weight, Int4Weight, Int4Weight, Int4Weight]]
+    ) -> None:
+        """Take 4-bit weights built earlier (kept on disk: bot/generation/weights.py), one
+        (qkv, out, gate_up, down) per layer, to be used once `int4_rows` is set."""
+        if len(weights) != len(self.layers):
+            raise ValueError(f"4-bit weights for {len(weights)} layers, not {len(self.layers)}")
+        for layer, four in zip(self.layers, weights, strict=True):
+            layer.int4 = four
+
     def use_int4(self, rows: int) -> None:
         """Use the 4-bit weights built already up to `rows` rows (0: not at all), keeping
         them: for measuring with and without."""

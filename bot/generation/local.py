@@ -26,10 +26,13 @@ from bot.generation.queue import FairQueue
 from bot.generation.tokenizer import ChatTokenizer, load_tokenizer
 from bot.generation.weights import (
     Progress,
+    int4_cache_file,
     llama_from_directory,
     llama_from_transformers,
     model_dir,
     offline,
+    read_int4,
+    write_int4,
 )
 from bot.settings import ModelSettings
 
@@ -234,9 +237,12 @@ class LocalGenerator:
                 built.append(transformers_model())
                 fast = _engine_model_of(built[0])
             if device == "cpu":
-                choose_ways(
-                    fast, min(max_batch, 8), settings.cache_dir, int4=settings.int4 == "auto"
-                )
+                int4 = settings.int4 == "auto" and fast.int4_available()
+                kept = int4_cache_file(settings.cache_dir, directory) if int4 else None
+                had = kept is not None and read_int4(fast, kept)
+                choose_ways(fast, min(max_batch, 8), settings.cache_dir, int4=int4)
+                if kept is not None and fast.int4_rows and not had:
+                    write_int4(fast, kept)
             return fast
 
         try:

@@ -406,13 +406,13 @@ def _read(path: Path) -> dict[str, Any]:
 def _key(model: LlamaModel, rows: int) -> str:
     c = model.config
     return " | ".join(
-        [_cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
+        [cpu_name(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
          f"{c.layers} layers of {c.hidden}, {c.intermediate}, vocab {c.vocab}",
          str(model.dtype).removeprefix("torch."), f"{rows} rows"]
     )  # fmt: skip
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name and a digest of its feature flags (virtual machines of
     one name can expose different instruction sets)."""
     try:

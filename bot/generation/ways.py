@@ -143,6 +143,22 @@ def quantize_int4(weight: Tensor) -> Int4Weight:
     return Int4Weight(packed, scales_zeros)
 
 
+def int4_shapes(rows: int, inputs: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of an (rows, inputs) matrix's `Int4Weight`: packed, scales_zeros."""
+    return (rows, inputs // 2), (inputs // INT4_GROUP, rows, 2)
+
+
+def quantized_shapes(model: Any) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The shapes of a `LlamaModel`'s 4-bit weights, by matrix (qkv, out, gate_up, down)."""
+    c = model.config
+    return {
+        "qkv": int4_shapes((c.heads + 2 * c.kv_heads) * c.head_dim, c.hidden),
+        "out": int4_shapes(c.hidden, c.heads * c.head_dim),
+        "gate_up": int4_shapes(2 * c.intermediate, c.hidden),
+        "down": int4_shapes(c.hidden, c.intermediate),
+    }
+
+
 def dequantize_int4(weight: Int4Weight, inputs: int) -> Tensor:
     """The bf16 matrix (out, inputs) the kernel multiplies by, as the identity's product
     (for tests and measurements)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -284,6 +285,93 @@ def llama_from_directory(
             weights[name] = targets[name] = torch.empty(item.shape, dtype=dtype, device=device)
     read_into(stored, targets)
     return LlamaModel(config, weights)
+
+
+INT4_PARTS = ("qkv", "out", "gate_up", "down")
+INT4_FIELDS = ("packed", "scales_zeros")
+
+
+def int4_cache_file(cache_dir: Path, directory: Path) -> Path:
+    """Where the 4-bit weights of the model in `directory` are kept between starts
+    (building them takes about a second): named by a digest of its weights files (name,
+    size, modification time), torch's version and the CPU (the packed layout is the
+    kernel's), and the group size."""
+    import torch
+
+    from bot.generation.tuning import cpu_name
+    from bot.generation.ways import INT4_GROUP
+
+    parts = [str(directory.resolve()), torch.__version__, cpu_name(), f"group {INT4_GROUP}"]
+    for file in sorted(directory.glob("*.safetensors")):
+        stat = file.stat()
+        parts.append(f"{file.name} {stat.st_size} {stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return cache_dir / "int4" / f"{digest}.safetensors"
+
+
+def _int4_names(model: LlamaModel) -> list[str]:
+    return [
+        f"{i}.{part}.{field}"
+        for i in range(len(model.layers))
+        for part in INT4_PARTS
+        for field in INT4_FIELDS
+    ]
+
+
+def read_int4(model: LlamaModel, path: Path) -> bool:
+    """Give `model` the 4-bit weights kept in `path` (built, not yet used: see
+    `LlamaModel.int4_rows`); False when there are none, or they do not fit the model."""
+    import torch
+
+    from bot.generation.ways import Int4Weight, quantized_shapes
+
+    try:
+        stored = safetensors_index(path)
+    except (OSError, ValueError):
+        return False
+    names = _int4_names(model)
+    if set(stored) != set(names):
+        return False
+    shapes = quantized_shapes(model)
+    for name in names:
+        part, field = name.split(".")[1:]
+        if stored[name].shape != shapes[part][INT4_FIELDS.index(field)]:
+            return False
+    targets = {n: torch.empty(stored[n].shape, dtype=stored[n].dtype) for n in names}
+    try:
+        read_into(stored, targets)
+    except (OSError, ValueError):
+        return False
+    model.give_int4([
+        tuple(  # type: ignore[misc]
+            Int4Weight(targets[f"{i}.{part}.packed"], targets[f"{i}.{part}.scales_zeros"])
+            for part in INT4_PARTS
+        )
+        for i in range(len(model.layers))
+    ])  # fmt: skip
+    return True
+
+
+def write_int4(model: LlamaModel, path: Path) -> None:
+    """Keep `model`'s 4-bit weights in `path` (whole or not at all); a cache that
+    cannot be written costs the next start the second of building them again."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, layer in enumerate(model.layers):
+        if layer.int4 is None:
+            return
+        for part, weight in zip(INT4_PARTS, layer.int4, strict=True):
+            tensors[f"{i}.{part}.packed"] = weight.packed
+            tensors[f"{i}.{part}.scales_zeros"] = weight.scales_zeros
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(partial))
+        partial.replace(path)
+    except OSError as exc:
+        log.warning("could not keep the 4-bit weights in %s: %s", path, exc)
+        partial.unlink(missing_ok=True)
 
 
 def llama_from_transformers(model: Any) -> LlamaModel | None:
