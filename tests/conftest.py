@@ -70,8 +70,10 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["MODEL_CACHE_DIR"]
     else:
         os.environ["MODEL_CACHE_DIR"] = before
-    # (pytest keeps the last sessions' temporary directories: not 270 MB of weights)
+    # (pytest keeps the last sessions' temporary directories: not 270 MB of weights, nor
+    # the 4-bit copies)
     shutil.rmtree(cached_model_dir(ours), ignore_errors=True)
+    shutil.rmtree(ours / "int4", ignore_errors=True)
 
 
 def model_settings() -> ModelSettings:
