@@ -8,6 +8,7 @@ that cannot be written is not fatal. And the real passes, each way timed for rea
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from bot.generation import llama, tuning
 from bot.generation.kv import KVSlab, Segment
@@ -305,12 +307,17 @@ INT4_MEASURED = len(INT4_TIMES) * (ROUNDS + 1) * 2
 
 
 class PlannedInt4(Planned):
-    """`Planned`, and a pass whose rows all use the 4-bit weights takes INT4_TIMES."""
+    """`Planned`, and a pass whose rows all use the 4-bit weights takes `int4`'s time
+    for its rows (INT4_TIMES by default)."""
+
+    def __init__(self, int4: dict[int, float] = INT4_TIMES) -> None:
+        super().__init__()
+        self.int4 = int4
 
     def __call__(self, model: LlamaModel, slab: KVSlab, segments: list[Segment]) -> float:
         if model.int4_rows >= len(segments):
             self.ways.append(("int4", str(len(segments))))
-            return INT4_TIMES[len(segments)] * self.load(self.passes - 1)
+            return self.int4[len(segments)] * self.load(self.passes - 1)
         return super().__call__(model, slab, segments)
 
 
@@ -417,7 +424,8 @@ def test_the_4bit_weights_are_kept_for_the_next_start(
 
 
 def test_kept_4bit_weights_that_do_not_fit_are_built_again(tmp_path: Path) -> None:
-    """A file cut short, or one kept for another shape of model, is not used."""
+    """A file cut short, one kept for another shape of model, or one whose tensors have
+    other dtypes, is not used."""
     model = llama_from_transformers(build("llama").to(torch.bfloat16))
     assert model is not None
     if not model.int4_available():
@@ -436,8 +444,67 @@ def test_kept_4bit_weights_that_do_not_fit_are_built_again(tmp_path: Path) -> No
     assert wider is not None
     wider.config = replace(wider.config, intermediate=96)  # (its MLP's shapes)
     assert not read_int4(wider, file) and wider.layers[0].int4 is None
+    kept = load_file(str(file))
+    halves = tmp_path / "halves.safetensors"  # the right shapes, scales in float16
+    save_file({n: t.half() if "scales" in n else t for n, t in kept.items()}, str(halves))
+    right = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert right is not None and not read_int4(right, halves) and right.layers[0].int4 is None
     file.write_bytes(file.read_bytes()[:-100])
     again = llama_from_transformers(build("llama").to(torch.bfloat16))
     assert again is not None and not read_int4(again, file)
     assert all(layer.int4 is None for layer in again.layers)
     assert not read_int4(again, tmp_path / "missing.safetensors")
+
+
+def test_kept_4bit_weights_replace_their_model_s_older_ones_and_a_failed_write_is_not_fatal(
+    tmp_path: Path,
+) -> None:
+    model = llama_from_transformers(build("llama").to(torch.bfloat16))
+    assert model is not None
+    if not model.int4_available():
+        pytest.skip("no 4-bit kernel in this torch")
+    model.int4_rows = 2
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    first = int4_cache_file(tmp_path / "cache", directory)
+    assert first == int4_cache_file(tmp_path / "cache", directory)  # (the same key)
+    write_int4(model, first)
+    other = tmp_path / "cache" / "int4" / "another-model.safetensors"
+    other.write_bytes(b"")
+    (directory / "config.json").write_text('{"changed": true}')
+    second = int4_cache_file(tmp_path / "cache", directory)
+    assert second != first and second.name.split("-")[0] == first.name.split("-")[0]
+    write_int4(model, second)
+    assert second.is_file() and not first.exists() and other.exists()
+    # Something in the way of the file being written: a warning, nothing left behind.
+    blocked = tmp_path / "cache" / "int4" / "blocked-model.safetensors"
+    in_the_way = blocked.with_suffix(f".{os.getpid()}.tmp")
+    in_the_way.mkdir()
+    write_int4(model, blocked)
+    assert not blocked.exists() and second.is_file()
+
+
+def test_measuring_again_times_the_ways_without_the_remembered_4bit_limit(
+    bf16: LlamaModel, tmp_path: Path
+) -> None:
+    """4-bit weights faster at every count, so remembered for passes of all 4 rows; a
+    record taken on a busier machine is measured again, and the products and the
+    attention are timed on the bf16 weights (with the 4-bit limit in place every pass
+    would use the 4-bit ones, and whichever way came first would win a tie)."""
+    faster = {1: 10.0, 2: 20.0, 4: 30.0}
+    choose_ways(bf16, 4, tmp_path, timer=PlannedInt4(faster))
+    assert bf16.int4_rows == 4
+    path = tmp_path / PRODUCTS_FILE
+    key, entry = next(iter(json.loads(path.read_text()).items()))
+    entry["ms_per_pass"] = {w: 3 * t for w, t in entry["ms_per_pass"].items()}
+    entry["attention_ms_per_pass"] = {w: 3 * t for w, t in entry["attention_ms_per_pass"].items()}
+    path.write_text(json.dumps({key: entry}))
+    timer = PlannedInt4(faster)
+    choose_ways(bf16, 4, tmp_path, timer=timer)
+    assert timer.passes == CHECKED + MEASURED + INT4_MEASURED
+    timed = timer.ways[CHECKED : CHECKED + MEASURED]
+    assert all(way != "int4" for way, _ in timed)
+    assert (bf16.products, bf16.attention, bf16.int4_rows) == (BEST, "sdpa", 4)
+    again = remembered(tmp_path)
+    assert (again["products"], again["attention"], again["int4_rows"]) == (BEST, "sdpa", 4)

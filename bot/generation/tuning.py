@@ -152,6 +152,11 @@ def choose_ways(
             return
         log.info("a %d-row pass: %s ms, remembered as %s: measuring again", rows, now, recorded)
 
+    # The products and the attention are timed on the dtype's weights (a remembered
+    # 4-bit limit would route every pass timed through the 4-bit ones); `choose_int4`
+    # sets the limit again afterwards.
+    model.use_int4(0)
+
     def use_products(way: str) -> None:
         model.products = way
 

@@ -291,22 +291,29 @@ INT4_PARTS = ("qkv", "out", "gate_up", "down")
 INT4_FIELDS = ("packed", "scales_zeros")
 
 
+# How `ways.quantize_int4` makes its groups: a file written by another method is not read.
+INT4_METHOD = "min-max levels v1"
+
+
 def int4_cache_file(cache_dir: Path, directory: Path) -> Path:
     """Where the 4-bit weights of the model in `directory` are kept between starts
-    (building them takes about a second): named by a digest of its weights files (name,
-    size, modification time), torch's version and the CPU (the packed layout is the
-    kernel's), and the group size."""
+    (building them takes about a second for the embedded model): named by a digest of
+    the directory, then one of its config and every other file in it (name, size,
+    modification time), torch's version and the CPU (the packed layout is the
+    kernel's), the group size and the method."""
     import torch
 
     from bot.generation.tuning import cpu_name
     from bot.generation.ways import INT4_GROUP
 
-    parts = [str(directory.resolve()), torch.__version__, cpu_name(), f"group {INT4_GROUP}"]
-    for file in sorted(directory.glob("*.safetensors")):
-        stat = file.stat()
-        parts.append(f"{file.name} {stat.st_size} {stat.st_mtime_ns}")
+    place = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    parts = [torch.__version__, cpu_name(), f"group {INT4_GROUP}", INT4_METHOD]
+    for file in sorted(directory.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            parts.append(f"{file.name} {stat.st_size} {stat.st_mtime_ns}")
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    return cache_dir / "int4" / f"{digest}.safetensors"
+    return cache_dir / "int4" / f"{place}-{digest}.safetensors"
 
 
 def _int4_names(model: LlamaModel) -> list[str]:
@@ -333,9 +340,12 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
     if set(stored) != set(names):
         return False
     shapes = quantized_shapes(model)
+    dtypes = {"packed": torch.uint8, "scales_zeros": torch.bfloat16}
     for name in names:
         part, field = name.split(".")[1:]
         if stored[name].shape != shapes[part][INT4_FIELDS.index(field)]:
+            return False
+        if stored[name].dtype != dtypes[field]:
             return False
     targets = {n: torch.empty(stored[n].shape, dtype=stored[n].dtype) for n in names}
     try:
@@ -353,8 +363,9 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
 
 
 def write_int4(model: LlamaModel, path: Path) -> None:
-    """Keep `model`'s 4-bit weights in `path` (whole or not at all); a cache that
-    cannot be written costs the next start the second of building them again."""
+    """Keep `model`'s 4-bit weights in `path` (whole or not at all), in place of those
+    kept for earlier versions of the same model directory; a cache that cannot be
+    written costs the next start the second of building them again."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -369,9 +380,17 @@ def write_int4(model: LlamaModel, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(partial))
         partial.replace(path)
-    except OSError as exc:
+    except Exception as exc:  # (safetensors' own error for a full disk or a file in the way)
         log.warning("could not keep the 4-bit weights in %s: %s", path, exc)
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        return
+    # The model's earlier versions (another torch, changed weights) are not read again.
+    place = path.name.split("-", 1)[0]
+    for old in path.parent.glob(f"{place}-*.safetensors"):
+        if old != path:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 def llama_from_transformers(model: Any) -> LlamaModel | None:
