@@ -16,7 +16,7 @@ import torch
 
 from bot.generation import llama
 from bot.generation.kv import KVSlab, Segment
-from bot.generation.llama import LlamaConfig
+from bot.generation.llama import LlamaConfig, LlamaModel
 from bot.generation.ways import (
     ATTENTION,
     PRODUCTS,
@@ -235,7 +235,9 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
     assert slab.capacity == 0 and not slab.layers
 
 
-def bf16_model() -> Any:
+def bf16_model() -> LlamaModel:
+    """A small random model in bf16 (the test is skipped where torch has no 4-bit
+    kernel)."""
     ours = llama_from_transformers(build("llama").to(torch.bfloat16))
     assert ours is not None
     if not ours.int4_available():

@@ -41,7 +41,7 @@ from bot.generation.weights import (
     write_int4,
 )
 from tests.conftest import model_settings
-from tests.test_llama import build
+from tests.test_llama import bf16_model, build
 
 # Quiet times of a pass (ms): the products' way plus the attention's way. Packed is the
 # fastest when it is offered, else linear; SDPA beats the written-out attention.
@@ -199,6 +199,16 @@ def damaged(entry: dict[str, Any], how: str) -> dict[str, Any]:
             entry["ms_per_pass"][BEST] = -1.0
         case "an unknown way":
             entry["attention"] = "flash"
+        case "no limit":
+            del entry["int4_rows"]
+        case "a limit past the rows":
+            entry["int4_rows"] = 8
+        case "a count not timed":
+            del entry["int4_ms_per_pass"]["2"]
+        case "slower within the limit":
+            entry["int4_ms_per_pass"]["2"]["int4"] = 500.0
+        case "faster past the limit":
+            entry["int4_ms_per_pass"]["4"]["int4"] = 1.0
     return entry
 
 
@@ -323,11 +333,8 @@ class PlannedInt4(Planned):
 
 @pytest.fixture
 def bf16() -> LlamaModel:
-    ours = llama_from_transformers(build("llama").to(torch.bfloat16))
-    assert ours is not None
-    if not ours.int4_available():
-        pytest.skip("no 4-bit kernel in this torch")
-    return ours
+    """A small random bf16 model (skipped where torch has no 4-bit kernel)."""
+    return bf16_model()
 
 
 def test_4bit_weights_are_used_up_to_the_rows_where_they_were_faster(
@@ -369,17 +376,7 @@ def test_a_4bit_record_that_is_not_valid_is_measured_again(
     choose_ways(bf16, 4, tmp_path, timer=PlannedInt4())
     path = tmp_path / PRODUCTS_FILE
     key, entry = next(iter(json.loads(path.read_text()).items()))
-    match how:
-        case "no limit":
-            del entry["int4_rows"]
-        case "a limit past the rows":
-            entry["int4_rows"] = 8
-        case "a count not timed":
-            del entry["int4_ms_per_pass"]["2"]
-        case "slower within the limit":
-            entry["int4_ms_per_pass"]["2"]["int4"] = 500.0
-        case "faster past the limit":
-            entry["int4_ms_per_pass"]["4"]["int4"] = 1.0
+    entry = damaged(entry, how)
     path.write_text(json.dumps({key: entry}))
     timer = PlannedInt4()
     choose_ways(bf16, 4, tmp_path, timer=timer)
