@@ -279,6 +279,11 @@ CHECKS: list[tuple[str | None, str, str | None]] = [
     ("Okja", "It is a 2019 Japanese horror-drama film about survivors.", None),
     ("Okja", "It premiered on March 3rd at a festival.", None),
     ("Okja", "Okja is a scary movie about a pig.", None),  # Okja is not filed as horror
+    # Seen in a fresh clone's first chat, after "Who directed Okja?": "What is it about?"
+    ("Okja", "The film features a female lead, a woman named Erikka Vuijensko, as the star "
+             "of a production company.", None),
+    ("Okja", "Okja features Tilda Swinton and Tom Hanks.", "Okja features Tilda Swinton."),
+    ("Okja", "It follows a girl called Mija and her friend.", None),
     ("Stranger Things", "Stranger Things is a scary show.", "Stranger Things is a scary show."),
     (None, "Have you seen *The Last Journey of Bob*?", None),
     (None, "I'm Sarah, the AI here to help with your film projects.", None),
@@ -288,6 +293,9 @@ CHECKS: list[tuple[str | None, str, str | None]] = [
     ("Okja", "Okja (2017) was directed by Bong Joon Ho.",
      "Okja (2017) was directed by Bong Joon Ho."),
     ("Okja", "It stars Tilda Swinton and Paul Dano.", "It stars Tilda Swinton and Paul Dano."),
+    ("Okja", "It features Tilda Swinton as a CEO named Tilda Swinton.",
+     "It features Tilda Swinton as a CEO named Tilda Swinton."),
+    ("Okja", "It is a film called Okja.", "It is a film called Okja."),
     (None, "Jaws came out in 1975, long before Okja.", "Jaws came out in 1975, long before Okja."),
     (None, "I'm glad you asked, and I'm mediabot.", "I'm glad you asked, and I'm mediabot."),
     (None, "Kill Bill: Vol. 1 came out in 2003.", "Kill Bill: Vol. 1 came out in 2003."),

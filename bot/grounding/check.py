@@ -4,8 +4,9 @@ A sentence that gives a catalog title a wrong year, or credits a director or cas
 member the catalog does not, is repaired from the facts when the fix is certain (one
 title, one wrong year or name) and dropped otherwise; so is a sentence that names as a
 title (in quotes or emphasis) something the catalog does not hold, that calls a title
-by a nationality its countries do not give, or in which the bot claims a name, a life
-or projects of its own. What is not shown is not stored.
+by a nationality its countries do not give, that introduces someone by a name the
+catalog does not give for the title ("a woman named …"), or in which the bot claims a
+name, a life or projects of its own. What is not shown is not stored.
 
 Which titles a sentence is about: the ones it names, else the ones the message was
 about (the conversation's "it").
@@ -38,12 +39,17 @@ DIRECTING = [
     re.compile(rf"{_NAMES}(?:\s+\([^)]*\))?\s+(?:directed|helmed|made|created)\b"),
 ]  # fmt: skip
 ACTING = [
-    re.compile(rf"\b(?:starring|stars|featuring|with actors?|with actress|played by|"
+    re.compile(rf"\b(?:starring|stars|featuring|features|featured|with actors?|with actress|"
+               rf"played by|"
                rf"performances? (?:by|from)|led by)\s+(?:{_ROLE})?{_NAMES}"),
     re.compile(rf"{_NAMES}\s+(?:stars|starred|plays|played|appears|appeared|acts|acted)"
                rf"\s+(?:in|as)\b"),
     re.compile(rf"{_NAMES}\s+(?:stars|starred)\b"),
 ]  # fmt: skip
+# Someone introduced by name ("a woman named …", "a lead called …"): in a sentence about a
+# title, a person the catalog gives for it, or a title; anything else is not the
+# catalog's (it gives no characters either).
+NAMED = re.compile(rf"\b(?:named|called|name is)\s+{_NAMES}")
 CREDIT_WORDS = re.compile(
     r"\b(?:direct\w*|star\w*|act(?:s|ed|or|ress)?|cast|play(?:s|ed)|featur\w*|film by|"
     r"movie by)\b",
@@ -245,6 +251,7 @@ class ReplyCheck:
             self._nationality(text, involved)
             or self._genres(text, involved)
             or self._uncredited(text, involved, found)
+            or self._named(text, involved)
         )
         if reason:
             return Review(None, reason)
@@ -335,6 +342,13 @@ class ReplyCheck:
                 if fuzz.ratio(folded, p) >= FUZZY_NAME and folded != p:
                     return False  # a misspelling of a credited name: repaired, not kept
         return False
+
+    def _named(self, sentence: str, involved: Sequence[Title]) -> str:
+        for match in NAMED.finditer(sentence):
+            for name in _split_names(match.group("names").rstrip(".")):
+                if not self._credited(name, involved) and not _is_title(self.finder, name):
+                    return f"a person the catalog does not give here: {name}"
+        return ""
 
     def _nationality(self, sentence: str, involved: Sequence[Title]) -> str:
         countries = {fold(c) for t in involved for c in t.country.split(",") if c.strip()}
