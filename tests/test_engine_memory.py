@@ -31,9 +31,10 @@ print(before - rss())
 """
 
 
-def freed_mb(mode: str) -> int:
+def printed(script: str, mode: str) -> int:
+    """The last number a fresh process running `script` with `mode` prints."""
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True
     )
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -45,8 +46,8 @@ def freed_mb(mode: str) -> int:
 def test_large_freed_blocks_go_back_to_the_system() -> None:
     # Without the setting the 240 MB freed stay with the process (the case the
     # setting is for); with it, they go back.
-    assert freed_mb("plain") < 60
-    assert freed_mb("set") > 200
+    assert printed(SCRIPT, "plain") < 60
+    assert printed(SCRIPT, "set") > 200
 
 
 FAULTS = """
@@ -68,13 +69,6 @@ print(faults() - before)
 """
 
 
-def faults(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
-    )
-    return int(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="glibc's allocator",
@@ -83,4 +77,4 @@ def test_blocks_freed_at_the_heaps_top_are_reused_without_faulting_their_pages_a
     # With the mapping threshold alone, the heap's top was given back after every
     # operation and faulted in again by the next (about 21,000 page faults here); with
     # the trim threshold held as well, about 6,000.
-    assert 2 * faults("set") < faults("mapped")
+    assert 2 * printed(FAULTS, "set") < printed(FAULTS, "mapped")
