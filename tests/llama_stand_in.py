@@ -84,6 +84,15 @@ def handler(state: State, alias: str) -> type[BaseHTTPRequestHandler]:
                 state.most = max(state.most, state.running)
                 state.bodies.append(body)
                 state.save()
+            finished = False
+
+            def finish() -> None:
+                nonlocal finished
+                if not finished:
+                    finished = True
+                    with state.lock:
+                        state.running -= 1
+
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -94,12 +103,15 @@ def handler(state: State, alias: str) -> type[BaseHTTPRequestHandler]:
                     event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
+                # The slot is free before the last event goes out, as the real server
+                # frees it: a client that sent its next request on reading [DONE] must
+                # not find this one still counted (seen on a busy machine: 3 of 2).
+                finish()
                 done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
                 self.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
             finally:
-                with state.lock:
-                    state.running -= 1
+                finish()
             self.close_connection = True
 
     return Handler
