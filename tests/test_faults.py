@@ -321,42 +321,32 @@ async def test_the_bot_killed_mid_reply_stores_nothing_leaks_no_slot_and_answers
         await asyncio.to_thread(proc.wait, 30)
         proc.stdout.close()
 
-    client = Redis.from_url(url)
-    try:
-        await _after_the_kill(client, driver, said, env, lease_s)
-    finally:
-        await client.aclose()
+    async with Redis.from_url(url) as client:  # closed whatever the asserts say
+        keys = Keys("mbkill")
+        store = MemoryStore(client, keys=keys)
+        assert await store.history(Scope("777"), "m1") == []  # no partial exchange, no lone turn
+        # The dead process's slot is a lease that runs out by itself, within the lease.
+        held = await client.zrange(keys.guild_key("777", "inflight"), 0, -1, withscores=True)
+        assert [member for member, _ in held] == [b"k1"]
+        # Redis's clock to the millisecond, as the slot's script reads it (whole seconds
+        # made a lease taken in the same second look longer than it is).
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        assert 0 < held[0][1] - now_ms <= lease_s * 1000
+        assert 0 < await client.pttl(keys.guild_key("777", "inflight")) <= lease_s * 1000
 
-
-async def _after_the_kill(
-    client: Redis, driver: Callable[[str, str], subprocess.Popen[str]],
-    said: Callable[[str], str], env: dict[str, str], lease_s: int,
-) -> None:  # fmt: skip
-    keys = Keys("mbkill")
-    store = MemoryStore(client, keys=keys)
-    assert await store.history(Scope("777"), "m1") == []  # no partial exchange, no lone turn
-    # The dead process's slot is a lease that runs out by itself, within the lease.
-    held = await client.zrange(keys.guild_key("777", "inflight"), 0, -1, withscores=True)
-    assert [member for member, _ in held] == [b"k1"]
-    # Redis's clock to the millisecond, as the slot's script reads it (whole seconds
-    # made a lease taken in the same second look longer than it is).
-    seconds, micros = await client.time()
-    now_ms = seconds * 1000 + micros // 1000
-    assert 0 < held[0][1] - now_ms <= lease_s * 1000
-    assert 0 < await client.pttl(keys.guild_key("777", "inflight")) <= lease_s * 1000
-
-    env["GENERATION_MAX_NEW_TOKENS"] = "8"
-    again = driver("Hello again.", "k2")
-    assert again.stdout is not None
-    out = await asyncio.to_thread(again.stdout.read)
-    again.stdout.close()
-    assert await asyncio.to_thread(again.wait, 300) == 0, said("k2")  # answered and stored
-    assert out.strip()
-    history = await store.history(Scope("777"), "m1")
-    assert len(history) == 2 and history[0]["text"] == "Hello again."
-    # Its own slot went back; only the dead one's lease is left, running out.
-    held = await client.zrange(keys.guild_key("777", "inflight"), 0, -1)
-    assert held == [b"k1"]
+        env["GENERATION_MAX_NEW_TOKENS"] = "8"
+        again = driver("Hello again.", "k2")
+        assert again.stdout is not None
+        out = await asyncio.to_thread(again.stdout.read)
+        again.stdout.close()
+        assert await asyncio.to_thread(again.wait, 300) == 0, said("k2")  # answered and stored
+        assert out.strip()
+        history = await store.history(Scope("777"), "m1")
+        assert len(history) == 2 and history[0]["text"] == "Hello again."
+        # Its own slot went back; only the dead one's lease is left, running out.
+        held = await client.zrange(keys.guild_key("777", "inflight"), 0, -1)
+        assert held == [b"k1"]
 
 
 # An OpenAI-compatible server in a process of its own: it streams a long reply slowly,
