@@ -404,6 +404,52 @@ async def test_a_prompt_copies_its_start_from_a_row_decoding_now(
         engine.close()
 
 
+async def test_the_slab_holds_slots_for_the_rows_that_run_and_grows_under_them(
+    exact: LocalGenerator, lone: LocalGenerator
+) -> None:
+    """An engine 16 rows wide holds keys and values for as many rows as it runs, in
+    steps of 4 slots, not for 16: three replies hold 4 slots. Three more, submitted
+    when the first reply has its fifth token (from the engine's thread, so while the
+    first three still decode), grow it to 8: the running rows' keys and values are
+    copied into the grown slab, and every reply is still the greedy one."""
+    assert exact.fast is not None
+    engine = BatchEngine(
+        exact.fast, eos_ids=[], context_length=exact.context_length, max_batch=16, chunk=32
+    )
+    loop = asyncio.get_running_loop()
+    prompts = [exact.render(chat(q)) for q in QUESTIONS[:6]]
+    params = replace(GREEDY, max_new_tokens=24)
+    replies: list[list[int]] = [[] for _ in prompts]
+    ended = [loop.create_future() for _ in prompts]
+    held_before: list[int] = []
+
+    def request(i: int) -> BatchRequest:
+        def token(t: int) -> None:
+            replies[i].append(t)
+            if i == 0 and len(replies[0]) == 5:  # (on the engine's thread)
+                held_before.append(engine.stats.slab_slots)
+                for j in range(3, 6):
+                    engine.submit(request(j))
+
+        return BatchRequest(
+            prompt=prompts[i], params=params, max_new_tokens=params.max_new_tokens,
+            on_token=token,
+            done=lambda e: loop.call_soon_threadsafe(ended[i].set_result, e),
+        )  # fmt: skip
+
+    try:
+        for i in range(3):
+            engine.submit(request(i))
+        assert await asyncio.wait_for(asyncio.gather(*ended), 300) == [None] * 6
+        assert held_before == [4]
+        assert engine.stats.slab_slots == 8 and engine.stats.widest >= 5
+    finally:
+        engine.close()
+    for prompt, ids in zip(prompts, replies, strict=True):
+        assert len(ids) == params.max_new_tokens
+        assert_greedy(lone, prompt, ids, limit=params.max_new_tokens)
+
+
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:
     prompt = exact.render(chat(QUESTIONS[3]))
     await read_in_full(exact)

@@ -232,7 +232,35 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
     assert torch.equal(slab.read(1, 4), first[:, :, :, :4])
     assert torch.equal(slab.read(1, 300)[:, :, :, 4:], second[:, :, :, 4:])
     slab.release()
-    assert slab.capacity == 0 and not slab.layers
+    assert slab.capacity == 0 and not slab.layers and slab.slots == 0
+
+
+def test_the_kv_slab_holds_the_slots_asked_for_in_steps_and_keeps_them_as_it_grows() -> None:
+    """Slots are held as rows take them, SLOT_STEP at a time, up to the most it was made
+    for; growing copies every slot held, at every position held."""
+    config = LlamaConfig(
+        hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5,
+        rope_theta=10000.0, vocab=16, tied=True, context_length=4096,
+    )  # fmt: skip
+    slab = KVSlab(config, slots=6, dtype=torch.float32, device="cpu")
+    assert KVSlab.SLOT_STEP == 4
+    slab.ensure(10)
+    assert (slab.slots, slab.layers[0].shape[1]) == (4, 4)
+    rows = [torch.randn(config.layers, 2, 1, 10, 4) for _ in range(4)]
+    for slot, states in enumerate(rows):
+        slab.write(slot, states)
+    slab.write(5, rows[0], length=3)  # a slot past those held: up to the most, 6
+    assert (slab.slots, slab.layers[0].shape[1], slab.capacity) == (6, 6, KVSlab.STEP)
+    assert all(torch.equal(slab.read(s, 10), states) for s, states in enumerate(rows))
+    assert torch.equal(slab.read(5, 3), rows[0][..., :3, :])
+    assert slab.read(4, 10).abs().sum() == 0  # a slot no row took: zeros
+    slab.ensure(200, 2)  # longer rows: every slot held keeps its place
+    assert (slab.slots, slab.capacity) == (6, 2 * KVSlab.STEP)
+    assert all(torch.equal(slab.read(s, 10), states) for s, states in enumerate(rows))
+    with pytest.raises(ValueError, match="at most 6"):
+        slab.ensure(10, 7)
+    slab.move(0, 4, 10)
+    assert torch.equal(slab.read(4, 10), rows[0])
 
 
 def bf16_model() -> LlamaModel:

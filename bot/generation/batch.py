@@ -74,6 +74,7 @@ class EngineStats:
     prefix_hits: int = 0  # of those, prompts that started from one
     prefix_query_tokens: int = 0  # tokens of those prompts
     prefix_hit_tokens: int = 0  # of those, tokens taken from a cached prefix
+    slab_slots: int = 0  # the most slots the KV slab has held (a row's keys and values each)
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -180,7 +181,8 @@ class BatchEngine:
 
     Slots: the running rows are kept in slots 0…n-1 (a row leaving is replaced by the
     last one), so one attention call covers them without gathering; rows still reading
-    their prompt take free slots from the top and move down when they start decoding.
+    their prompt take the lowest free slots after them, and move to slot n when they
+    start decoding. So the slab holds no more slots than rows have run at once.
     Each pass reads every running row's next token and up to `chunk` prompt tokens of
     joining rows, in one forward.
 
@@ -328,7 +330,7 @@ class BatchEngine:
             return
         try:
             taken = {r.slot for r in self._filling}
-            slot = next(s for s in range(self.max_batch - 1, -1, -1) if s not in taken)
+            slot = next(s for s in range(len(self._rows), self.max_batch) if s not in taken)
             self.stats.prefix_lookups += 1
             self.stats.prefix_query_tokens += len(request.prompt)
             entry, reuse = self.prefixes.longest(request.prompt)
@@ -342,7 +344,7 @@ class BatchEngine:
                 if shared >= MIN_REUSE and shared > reuse:
                     source, reuse = live, shared
             if reuse:
-                self._slab.ensure(len(request.prompt))
+                self._slab.ensure(len(request.prompt), slot + 1)
                 if source is not None:
                     self._slab.move(source.slot, slot, reuse)
                 else:
@@ -419,6 +421,7 @@ class BatchEngine:
         started = time.perf_counter()
         logits = self.model.forward(self._slab, ids, segments, decoding=len(rows))
         stats.busy_s += time.perf_counter() - started
+        stats.slab_slots = max(stats.slab_slots, self._slab.slots)
         # Every row's cache grew in this pass: count it before any row moves.
         for row in rows:
             row.length += 1

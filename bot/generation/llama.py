@@ -343,7 +343,9 @@ class LlamaModel:
         slots = torch.cat(
             [torch.full((s.count,), s.slot, device=device, dtype=torch.long) for s in segments]
         )  # (n,)
-        slab.ensure(int(max(s.start + s.count for s in segments)))
+        slab.ensure(
+            int(max(s.start + s.count for s in segments)), max(s.slot for s in segments) + 1
+        )
         cos, sin = self._rope(positions)
         cos, sin = cos[:, None, :], sin[:, None, :]  # (n, 1, head_dim): one for every head
         masks = self._masks(segments, decoding, slab.capacity)

@@ -213,7 +213,7 @@ def choose_products(
     has been the fastest on some machine, by up to 2x (the benchmark docs have the
     figures). So it is measured on the machine."""
     slab = model.slab(rows)
-    slab.ensure(WIDTH_STEP)
+    slab.ensure(WIDTH_STEP, rows)
     segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(rows)]
 
     def use(products: str) -> None:
@@ -264,14 +264,14 @@ def choose_int4(
     steady, limit = True, 0
     for count in int4_counts(rows):
         slab = model.slab(count)
-        slab.ensure(WIDTH_STEP)
+        slab.ensure(WIDTH_STEP, count)
         segments = [Segment(i, WIDTH_STEP - 1, 1) for i in range(count)]
 
         def use(way: str, count: int = count) -> None:
             model.use_int4(count if way == "int4" else 0)
 
         def measure(slab: KVSlab = slab, segments: list[Segment] = segments) -> Timing:
-            slab.ensure(WIDTH_STEP)  # (each measurement releases it)
+            slab.ensure(WIDTH_STEP, slab.most)  # (each measurement releases it)
             return _time_ways(model, slab, segments, INT4_WAYS, use=use, rounds=rounds, timer=timer)
 
         timing, steady_count = _steadily(measure, lambda _: None)
@@ -289,7 +289,7 @@ def _attention_passes(model: LlamaModel, rows: int) -> tuple[KVSlab, list[Segmen
     the longest row seen), and the rows' lengths differ."""
     slab = model.slab(rows)
     position = 4 * WIDTH_STEP - 1
-    slab.ensure(position + 1 + 2 * WIDTH_STEP)
+    slab.ensure(position + 1 + 2 * WIDTH_STEP, rows)
     return slab, [Segment(i, position - 7 * i, 1) for i in range(rows)]
 
 
