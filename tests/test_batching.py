@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from types import SimpleNamespace
+from typing import Any
 from unittest.mock import ANY
 
 import pytest
@@ -448,6 +449,59 @@ async def test_the_slab_holds_slots_for_the_rows_that_run_and_grows_under_them(
     for prompt, ids in zip(prompts, replies, strict=True):
         assert len(ids) == params.max_new_tokens
         assert_greedy(lone, prompt, ids, limit=params.max_new_tokens)
+
+
+async def test_a_slab_that_cannot_grow_fails_every_reply_and_the_engine_goes_on(
+    exact: LocalGenerator, lone: LocalGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory runs out while the slab grows for a joining reply (its start copied from
+    the row decoding now, its prompt longer than the slab): some layers grown and some
+    not, no row's keys and values can be trusted, so both replies end with the error
+    instead of going on from a broken cache; the next reply is the greedy one."""
+    engine = small_engine(exact, prefix_tokens=0)
+    loop = asyncio.get_running_loop()
+    first, _ = sharing_a_start(exact, repeats=6)
+    system = exact.render(
+        [{"role": "system", "content": "You are a helpful assistant for films, music and "
+                                       "games. " * 6},
+         {"role": "user", "content": " ".join(QUESTIONS) * 6}]
+    )  # fmt: skip
+    assert len(system) > -(-len(first) // 128) * 128  # (longer than the slab holds)
+    zeros = torch.zeros
+    armed: list[int] = []
+
+    def scarce(*shape: object, **kw: object) -> torch.Tensor:
+        dims = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if armed and len(dims) == 5:  # a layer of the slab
+            armed.append(1)
+            if len(armed) == 3:  # (the first layer grows, the second does not; once)
+                raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return zeros(*shape, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "zeros", scarce)
+    ended: list[asyncio.Future[BaseException | None]] = [loop.create_future() for _ in "ab"]
+
+    def request(i: int, prompt: list[int], on_token: Any) -> BatchRequest:
+        return BatchRequest(
+            prompt=prompt, params=GREEDY, max_new_tokens=GREEDY.max_new_tokens,
+            on_token=on_token, done=lambda e: loop.call_soon_threadsafe(ended[i].set_result, e),
+        )  # fmt: skip
+
+    def first_token(_: int) -> None:  # (on the engine's thread)
+        if not armed:
+            armed.append(1)
+            engine.submit(request(1, system, lambda _: None))
+
+    try:
+        engine.submit(request(0, first, first_token))
+        errors = await asyncio.wait_for(asyncio.gather(*ended), 120)
+        assert [str(e) for e in errors] == ["DefaultCPUAllocator: not enough memory"] * 2
+        assert engine.running == 0
+        monkeypatch.setattr(torch, "zeros", zeros)
+        prompt = exact.render(chat(QUESTIONS[1]))
+        assert_greedy(lone, prompt, await decode(engine, prompt, GREEDY))
+    finally:
+        engine.close()
 
 
 async def test_the_streamed_text_is_the_decoded_tokens(exact: LocalGenerator) -> None:

@@ -235,6 +235,51 @@ def test_the_kv_slab_keeps_every_row_as_it_grows_a_layer_at_a_time() -> None:
     assert slab.capacity == 0 and not slab.layers and slab.slots == 0
 
 
+def test_a_forward_that_grows_the_slab_keeps_the_rows_it_held() -> None:
+    """A prompt read into a slot past those held grows the slab inside the forward pass:
+    the rows read before decode on as if each were alone."""
+    ours = llama_from_transformers(build("llama"))
+    assert ours is not None
+    prompts = [list(range(3 + i, 20 + 2 * i)) for i in range(5)]
+    slab = ours.slab(6)
+    with torch.inference_mode():
+        for i, p in enumerate(prompts[:4]):
+            ours.forward(slab, p, [Segment(i, 0, len(p))])
+        assert slab.slots == 4
+        ours.forward(slab, prompts[4], [Segment(4, 0, len(prompts[4]))])
+        assert slab.slots == 6
+        step = [Segment(i, len(p), 1) for i, p in enumerate(prompts)]
+        together = ours.forward(slab, [7] * 5, step, decoding=5)
+        for i, p in enumerate(prompts):
+            alone = ours.slab(1)
+            ours.forward(alone, p, [Segment(0, 0, len(p))])
+            want = ours.forward(alone, [7], [Segment(0, len(p), 1)], decoding=1)[0]
+            torch.testing.assert_close(together[i], want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_slab_that_fails_to_grow_half_way_holds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory after some layers grew: nothing is held (no row's keys and values
+    can be trusted; the engine fails every row), and the error goes on up."""
+    config = LlamaConfig(
+        hidden=8, layers=3, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5,
+        rope_theta=10000.0, vocab=16, tied=True, context_length=4096,
+    )  # fmt: skip
+    slab = KVSlab(config, slots=8, dtype=torch.float32, device="cpu")
+    slab.write(0, torch.randn(config.layers, 2, 1, 10, 4))
+    zeros, made = torch.zeros, []
+
+    def scarce(*shape: Any, **kw: Any) -> torch.Tensor:
+        made.append(shape)
+        if len(made) == 2:
+            raise RuntimeError("not enough memory")
+        return zeros(*shape, **kw)
+
+    monkeypatch.setattr(torch, "zeros", scarce)
+    with pytest.raises(RuntimeError, match="not enough memory"):
+        slab.ensure(10, 5)
+    assert (slab.layers, slab.slots, slab.capacity) == ([], 0, 0)
+
+
 def test_the_kv_slab_holds_the_slots_asked_for_in_steps_and_keeps_them_as_it_grows() -> None:
     """Slots are held as rows take them, SLOT_STEP at a time, up to the most it was made
     for; growing copies every slot held, at every position held."""

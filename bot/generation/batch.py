@@ -74,7 +74,7 @@ class EngineStats:
     prefix_hits: int = 0  # of those, prompts that started from one
     prefix_query_tokens: int = 0  # tokens of those prompts
     prefix_hit_tokens: int = 0  # of those, tokens taken from a cached prefix
-    slab_slots: int = 0  # the most slots the KV slab has held (a row's keys and values each)
+    slab_slots: int = 0  # the most slots the KV slab has held at a pass (a row's KV each)
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -219,7 +219,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._closed = False
         self._rows: list[_Row] = []  # decoding, row i in slot i
-        self._filling: list[_Row] = []  # reading their prompt, in slots from the top
+        self._filling: list[_Row] = []  # reading their prompt, in the free slots after them
         self.prefixes = PrefixCache(prefix_tokens)
         self._prefix_bytes = prefix_bytes
         self.stats = EngineStats()  # written by the decoding thread only
@@ -311,10 +311,7 @@ class BatchEngine:
                         self._pass()
                     except Exception as exc:  # a failed pass fails every row in it
                         log.exception("batched decoding failed")
-                        for row in self._all():
-                            row.request.done(exc)
-                        self._rows, self._filling = [], []
-                        self._slab.release()
+                        self._fail_all(exc)
         for request in leftover:
             request.done(RuntimeError("the model was shut down"))
         for _, future in jobs:
@@ -323,11 +320,18 @@ class BatchEngine:
     def _all(self) -> list[_Row]:
         return [*self._rows, *self._filling]
 
+    def _fail_all(self, exc: BaseException) -> None:
+        for row in self._all():
+            row.request.done(exc)
+        self._rows, self._filling = [], []
+        self._slab.release()
+
     def _join(self, request: BatchRequest) -> None:
         """Give the request a slot and its cached prefix; its prompt is read in passes."""
         if request.stop.is_set():
             request.done(None)
             return
+        held = bool(self._slab.layers)
         try:
             taken = {r.slot for r in self._filling}
             slot = next(s for s in range(len(self._rows), self.max_batch) if s not in taken)
@@ -359,6 +363,8 @@ class BatchEngine:
         except Exception as exc:
             log.exception("could not start a reply")
             request.done(exc)
+            if held and not self._slab.layers:  # growing it failed: the rows' KV is gone
+                self._fail_all(exc)
             return
         row = _Row(request, list(request.prompt), slot, reuse, rng=rng)
         # A prompt sharing more of its start with one still being read (members

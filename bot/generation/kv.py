@@ -1,5 +1,5 @@
-"""The KV cache of every row the engine decodes: one preallocated slab, a slot per row,
-so a row joining or leaving copies at most its own keys and values."""
+"""The KV cache of every row the engine decodes: one slab, a slot per row, so a row
+joining or leaving copies at most its own keys and values."""
 
 from __future__ import annotations
 
@@ -63,13 +63,19 @@ class KVSlab:
         c = self.config
         shape = (2, held, c.kv_heads, capacity, c.head_dim)
         grown = len(self.layers) == c.layers
-        for i in range(c.layers):
-            data = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if grown:
-                data[:, : self.slots, :, : self.capacity] = self.layers[i]
-                self.layers[i] = data  # the old layer is freed here
-            else:
-                self.layers.append(data)
+        try:
+            for i in range(c.layers):
+                data = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                if grown:
+                    data[:, : self.slots, :, : self.capacity] = self.layers[i]
+                    self.layers[i] = data  # the old layer is freed here
+                else:
+                    self.layers.append(data)
+        except BaseException:
+            # Some layers grown, some not (out of memory half-way): no row's keys and
+            # values can be trusted. Nothing is held; the caller fails every row.
+            self.release()
+            raise
         self.capacity, self.slots = capacity, held
 
     def release(self) -> None:

@@ -5,8 +5,8 @@ for the batch engine.
 Why not the transformers model: on a small CPU its per-step Python overhead (mask
 building, cache objects, wrappers around every layer) costs as much as the arithmetic
 for a 135M-parameter model, and its cache has to be concatenated and re-padded each
-time a request joins or leaves. Here the KV of every request lives in one preallocated
-slab (bot/generation/kv.py), row by row, so joining and leaving copy one row at most;
+time a request joins or leaves. Here the KV of every request lives in one slab
+(bot/generation/kv.py), row by row, so joining and leaving copy one row at most;
 and a forward pass takes a flat list of tokens from any rows (one decoding token per
 running row and a chunk of a new prompt), so the running rows decode on the same pass
 that reads a new prompt.
