@@ -177,7 +177,7 @@ def store(redis_client: RedisClient, keys: Keys) -> MemoryStore:
 # rows where the model is bf16 (as the bot runs where they measure faster).
 # Each way is tested against transformers on its own in test_ways.py.
 def pinned_ways(model: LlamaModel) -> tuple[str, str]:
-    return ("packed" if packing_available(model.device) else "linear"), "matmul"
+    return ("packed" if packing_available(model.device, model.dtype) else "linear"), "matmul"
 
 
 def pin_ways(gen: LocalGenerator) -> LocalGenerator:

@@ -214,8 +214,8 @@ class LlamaModel:
         way = PRODUCT_WAYS.get(products)
         if way is None:
             raise ValueError(f"unknown weight products {products!r}")
-        if way.packed and not packing_available(self.device):
-            raise ValueError("packed weight products need oneDNN on a CPU")
+        if way.packed and not packing_available(self.device, self.dtype):
+            raise ValueError(f"packed weight products need oneDNN on a CPU that packs {self.dtype}")
         if way.packed != self._products.packed:
             try:
                 self._convert(pack if way.packed else unpack)

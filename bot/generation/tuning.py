@@ -142,7 +142,9 @@ def choose_ways(
     int4 = int4 and model.int4_available()
     if not int4:
         model.int4_rows = 0
-    entry = _valid(known.get(key), available_products(model.device), rows if int4 else None)
+    entry = _valid(
+        known.get(key), available_products(model.device, model.dtype), rows if int4 else None
+    )
     if entry is not None and not _use(model, entry, int4=int4):
         entry = None
     if entry is not None:
@@ -220,7 +222,13 @@ def choose_products(
         model.products = products
 
     timing = _time_ways(
-        model, slab, segments, available_products(model.device), use=use, rounds=rounds, timer=timer
+        model,
+        slab,
+        segments,
+        available_products(model.device, model.dtype),
+        use=use,
+        rounds=rounds,
+        timer=timer,
     )
     model.products = timing.fastest()
     return timing

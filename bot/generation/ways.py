@@ -6,6 +6,7 @@ testing a mode in every layer."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,18 +71,37 @@ PRODUCTS = tuple(PRODUCT_WAYS)
 PACK_ROWS = 8
 
 
-def packing_available(device: torch.device | str = "cpu") -> bool:
-    """Whether weights can be packed for oneDNN here: a CPU, and a torch built with it."""
+def packing_available(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> bool:
+    """Whether weights of `dtype` can be packed for oneDNN here: a CPU, a torch built with
+    it, and for bf16 a CPU oneDNN packs it on (AVX-512 or AVX-NE-CONVERT: with AVX2 only,
+    packing a bf16 matrix raises)."""
     return (
         torch.device(device).type == "cpu"
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _packs(dtype)
     )
 
 
-def available_products(device: torch.device | str = "cpu") -> tuple[str, ...]:
-    return PRODUCTS if packing_available(device) else tuple(p for p in PRODUCTS if p != "packed")
+@functools.cache
+def _packs(dtype: torch.dtype) -> bool:
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), PACK_ROWS)
+    except RuntimeError:
+        return False
+    return True
+
+
+def available_products(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[str, ...]:
+    """The ways of computing the products that weights of `dtype` can take here."""
+    if packing_available(device, dtype):
+        return PRODUCTS
+    return tuple(p for p in PRODUCTS if p != "packed")
 
 
 def pack(weight: Tensor) -> Tensor:
