@@ -221,15 +221,8 @@ def choose_products(
     def use(products: str) -> None:
         model.products = products
 
-    timing = _time_ways(
-        model,
-        slab,
-        segments,
-        available_products(model.device, model.dtype),
-        use=use,
-        rounds=rounds,
-        timer=timer,
-    )
+    offered = available_products(model.device, model.dtype)
+    timing = _time_ways(model, slab, segments, offered, use=use, rounds=rounds, timer=timer)
     model.products = timing.fastest()
     return timing
 
