@@ -176,6 +176,16 @@ class EngineCollector(Collector):
             f"{NS}_engine_forward_passes", "Forward passes of the batch engine.",
             value=stats.passes,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            f"{NS}_engine_kv_bytes",
+            "Bytes of keys and values the batch engine's KV slab holds now (0 when idle).",
+            value=stats.slab_bytes,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            f"{NS}_engine_kv_slots_peak",
+            "The most replies' keys and values the KV slab has held at once.",
+            value=stats.slab_slots,
+        )  # fmt: skip
 
 
 @dataclass

@@ -423,12 +423,16 @@ async def test_the_slab_holds_slots_for_the_rows_that_run_and_grows_under_them(
     replies: list[list[int]] = [[] for _ in prompts]
     ended = [loop.create_future() for _ in prompts]
     held_before: list[int] = []
+    bytes_before: list[tuple[int, int]] = []  # (the engine's count, the slab's 4 slots)
 
     def request(i: int) -> BatchRequest:
         def token(t: int) -> None:
             replies[i].append(t)
             if i == 0 and len(replies[0]) == 5:  # (on the engine's thread)
                 held_before.append(engine.stats.slab_slots)
+                c, slab = exact.fast.config, engine._slab
+                per_slot = 2 * c.kv_heads * slab.capacity * c.head_dim * slab.layers[0].itemsize
+                bytes_before.append((engine.stats.slab_bytes, c.layers * 4 * per_slot))
                 for j in range(3, 6):
                     engine.submit(request(j))
 
@@ -443,7 +447,14 @@ async def test_the_slab_holds_slots_for_the_rows_that_run_and_grows_under_them(
             engine.submit(request(i))
         assert await asyncio.wait_for(asyncio.gather(*ended), 300) == [None] * 6
         assert held_before == [4]
+        ((counted, four_slots),) = bytes_before
+        assert counted == four_slots > 0
         assert engine.stats.slab_slots == 8 and engine.stats.widest >= 5
+        for _ in range(600):  # idle again, the slab is given back (`/metrics` shows 0)
+            if engine.stats.slab_bytes == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.stats.slab_bytes == 0
     finally:
         engine.close()
     for prompt, ids in zip(prompts, replies, strict=True):

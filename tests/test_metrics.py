@@ -104,7 +104,7 @@ async def test_the_counters_move_while_the_pipeline_answers(
 
 def test_the_engine_counts_are_served_as_prefix_cache_metrics() -> None:
     stats = EngineStats(passes=7, prefix_lookups=3, prefix_hits=2, prefix_query_tokens=400,
-                        prefix_hit_tokens=300)  # fmt: skip
+                        prefix_hit_tokens=300, slab_slots=4, slab_bytes=5_000_000)  # fmt: skip
 
     class Batched:
         def engine_stats(self) -> EngineStats:
@@ -117,6 +117,8 @@ def test_the_engine_counts_are_served_as_prefix_cache_metrics() -> None:
     assert value(page, "mediabot_prefix_cache_hits_total") == 300
     assert value(page, "mediabot_prefix_cache_hit_ratio") == 0.75
     assert value(page, "mediabot_engine_forward_passes_total") == 7
+    assert value(page, "mediabot_engine_kv_bytes") == 5_000_000
+    assert value(page, "mediabot_engine_kv_slots_peak") == 4
     stats.prefix_query_tokens, stats.prefix_hit_tokens = 500, 300  # read at each scrape
     assert value(metrics.render().decode(), "mediabot_prefix_cache_hit_ratio") == 0.6
 

@@ -75,6 +75,7 @@ class EngineStats:
     prefix_query_tokens: int = 0  # tokens of those prompts
     prefix_hit_tokens: int = 0  # of those, tokens taken from a cached prefix
     slab_slots: int = 0  # the most slots the KV slab has held at a pass (a row's KV each)
+    slab_bytes: int = 0  # the bytes the KV slab holds now (after the last pass; 0 idle)
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -286,6 +287,7 @@ class BatchEngine:
                         and not self._closed
                     ):  # fmt: skip
                         self._slab.release()  # idle: give the memory back
+                        self.stats.slab_bytes = 0
                         self._cond.wait()
                     if self._closed:
                         leftover = [*self._pending, *(r.request for r in self._all())]
@@ -325,6 +327,7 @@ class BatchEngine:
             row.request.done(exc)
         self._rows, self._filling = [], []
         self._slab.release()
+        self.stats.slab_bytes = 0
 
     def _join(self, request: BatchRequest) -> None:
         """Give the request a slot and its cached prefix; its prompt is read in passes."""
@@ -428,6 +431,7 @@ class BatchEngine:
         logits = self.model.forward(self._slab, ids, segments, decoding=len(rows))
         stats.busy_s += time.perf_counter() - started
         stats.slab_slots = max(stats.slab_slots, self._slab.slots)
+        stats.slab_bytes = self._slab.nbytes
         # Every row's cache grew in this pass: count it before any row moves.
         for row in rows:
             row.length += 1

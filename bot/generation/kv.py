@@ -81,6 +81,11 @@ class KVSlab:
     def release(self) -> None:
         self.layers, self.capacity, self.slots = [], 0, 0
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of keys and values held now."""
+        return sum(data.nbytes for data in self.layers)
+
     def move(self, source: int, target: int, length: int) -> None:
         """Copy a row's first `length` positions to another slot."""
         self.ensure(length, target + 1)
