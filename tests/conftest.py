@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from redis.asyncio.cluster import RedisCluster
 
 from bot.generation.base import GenerationError
 from bot.generation.llama import LlamaModel
 from bot.generation.local import LocalGenerator
 from bot.generation.ways import packing_available
-from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted
+from bot.generation.weights import cached_model_dir, embedded_gguf, is_converted, model_dir
 from bot.media.catalog import Catalog
 from bot.media.library import parse_file
 from bot.moderation.classifier import OffensiveClassifier
@@ -83,6 +84,12 @@ def model_settings() -> ModelSettings:
             "model_settings() is for tests and fixtures: the session cache is not made yet"
         )
     return ModelSettings(cache_dir=_session_cache[0])
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model's converted weights in the session's cache, converted first
+    when no test has yet (a test may run alone)."""
+    return model_dir(None, model_settings().cache_dir, lambda message: None)
 
 
 # A module with `pytestmark = REDIS_CLUSTER` runs each test that uses Redis twice: on one
@@ -174,7 +181,9 @@ def store(redis_client: RedisClient, keys: Keys) -> MemoryStore:
 # a greedy reply parted from the expected one after 90 characters). Pinned: the weight
 # products packed for oneDNN where this torch can (else torch's linear, in every
 # build), the written-out attention, and 4-bit weights for decode passes of up to 8
-# rows where the model is bf16 (as the bot runs where they measure faster).
+# rows where the model is bf16 (as the bot runs where they measure faster). A float32
+# model keeps its own weights: its greedy replies are transformers' exactly, and the
+# 4-bit passes would round the rows to bf16 (test_ways.py tests them on their own).
 # Each way is tested against transformers on its own in test_ways.py.
 def pinned_ways(model: LlamaModel) -> tuple[str, str]:
     return ("packed" if packing_available(model.device, model.dtype) else "linear"), "matmul"
@@ -186,7 +195,8 @@ def pin_ways(gen: LocalGenerator) -> LocalGenerator:
     engine, model = gen.engine, gen.fast
     assert engine is not None and model is not None
     ways = pinned_ways(model)
-    int4_rows = min(engine.max_batch, 8) if model.int4_available() else 0
+    bf16 = model.dtype == torch.bfloat16
+    int4_rows = min(engine.max_batch, 8) if bf16 and model.int4_available() else 0
 
     def pin() -> None:
         model.products, model.attention = ways

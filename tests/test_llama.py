@@ -20,11 +20,15 @@ from bot.generation.llama import LlamaConfig, LlamaModel
 from bot.generation.ways import (
     ATTENTION,
     PRODUCTS,
+    Int8Rows,
     available_products,
     dequantize_int4,
     int4_available,
+    int8_available,
+    int8_linear,
     packing_available,
     quantize_int4,
+    quantize_int8,
 )
 from bot.generation.weights import llama_from_directory, llama_from_transformers
 
@@ -308,10 +312,9 @@ def test_the_kv_slab_holds_the_slots_asked_for_in_steps_and_keeps_them_as_it_gro
     assert torch.equal(slab.read(4, 10), rows[0])
 
 
-def bf16_model() -> LlamaModel:
-    """A small random model in bf16 (the test is skipped where torch has no 4-bit
-    kernel)."""
-    ours = llama_from_transformers(build("llama").to(torch.bfloat16))
+def small_model(dtype: torch.dtype) -> LlamaModel:
+    """A small random model (the test is skipped where torch has no 4-bit kernel)."""
+    ours = llama_from_transformers(build("llama").to(dtype))
     assert ours is not None
     if not ours.int4_available():
         pytest.skip("no 4-bit kernel in this torch")
@@ -339,20 +342,54 @@ def test_4bit_groups_come_back_as_they_were() -> None:
     step = (groups.amax(-1) - groups.amin(-1)) / 15
     error = (back - weight.float()).view(96, 4, 32).abs().amax(-1)
     assert bool((error <= step / 2 + groups.abs().amax(-1) / 64).all())  # (bf16 offsets)
-    assert not int4_available(weight.float()) and not int4_available(weight[:, :100])
+    # float32 weights holding the same values make the same groups.
+    assert int4_available(exact.float())
+    assert torch.equal(quantize_int4(exact.float()).packed, quantize_int4(exact).packed)
+    assert torch.equal(quantize_int4(exact.float()).scales_zeros, quantize_int4(exact).scales_zeros)
+    assert not int4_available(weight.half()) and not int4_available(weight[:, :100])
 
 
-def test_decode_passes_of_few_rows_use_the_4bit_weights() -> None:
-    """Up to `int4_rows` decoding rows, the layers multiply by the 4-bit weights (the
-    logits of a model holding their dequantized values); a wider pass, or one that
-    reads a prompt, by the dtype's, as if there were no 4-bit weights."""
-    ours, plain, rounded = bf16_model(), bf16_model(), bf16_model()
+def test_8bit_rows_come_back_within_half_a_step() -> None:
+    """The output layer's 8-bit rows (`ways.quantize_int8`): a row whose values are
+    whole steps of its largest magnitude / 127 is held exactly; any other within half
+    a step (and the bf16 scale's rounding); the product is the dequantized matrix's."""
+    if not int8_available():
+        pytest.skip("no 8-bit kernel in this torch")
+    g = torch.Generator().manual_seed(5)
+    steps = 2.0 ** -torch.randint(4, 9, (64, 1), generator=g).float()
+    exact = torch.randint(-127, 128, (64, 96), generator=g).float() * steps
+    exact[:, 0] = 127 * steps[:, 0]  # (each row's largest magnitude present)
+    held = quantize_int8(exact)
+    assert held.levels.dtype == torch.int8 and held.scales.dtype == torch.bfloat16
+    assert torch.equal(held.levels.float() * held.scales.float()[:, None], exact)
+    weight = torch.randn(64, 96, generator=g)
+    held = quantize_int8(weight)
+    back = held.levels.float() * held.scales.float()[:, None]
+    step = weight.abs().amax(1, keepdim=True) / 127
+    assert bool(((back - weight).abs() <= step / 2 + weight.abs() / 128).all())
+    x = torch.randn(3, 96, generator=g)
+    expected = x.bfloat16().float() @ back.t()
+    torch.testing.assert_close(int8_linear(x, held), expected, atol=0.05, rtol=0.02)
+    assert int8_linear(x, held).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_passes_of_few_rows_use_the_4bit_weights(dtype: torch.dtype) -> None:
+    """Up to `int4_rows` decoding rows, the layers multiply by the 4-bit weights and the
+    output layer by its 8-bit rows (the logits of a model holding their dequantized
+    values); a wider pass, or one that reads a prompt, by the dtype's, as if there were
+    no narrower weights."""
+    ours, plain, rounded = small_model(dtype), small_model(dtype), small_model(dtype)
     ours.int4_rows = 2
     assert all(layer.int4 is not None for layer in ours.layers)
+    if int8_available():
+        assert ours.head8 is not None
+        levels, scales = ours.head8.levels, ours.head8.scales
+        rounded.lm_head = (levels.float() * scales.float()[:, None]).to(dtype)
     for layer, source in zip(rounded.layers, ours.layers, strict=True):
         assert source.int4 is not None
         layer.qkv, layer.out, layer.gate_up, layer.down = (
-            dequantize_int4(w, dense.shape[1])
+            dequantize_int4(w, dense.shape[1]).to(dtype)
             for w, dense in zip(source.int4, (layer.qkv, layer.out, layer.gate_up, layer.down),
                                 strict=True)
         )  # fmt: skip
@@ -371,11 +408,17 @@ def test_decode_passes_of_few_rows_use_the_4bit_weights() -> None:
     torch.testing.assert_close(two, run(rounded, 2)[1], atol=0.05, rtol=0.02)
     assert not torch.equal(two, run(plain, 2)[1])
     assert torch.equal(run(ours, 3)[1], run(plain, 3)[1])  # three rows: wider than 2
+    if ours.head8 is not None:  # the narrow pass's logits are the 8-bit rows' products
+        kept = ours.head8
+        ours.head8 = Int8Rows(kept.levels, kept.scales * 2)
+        torch.testing.assert_close(run(ours, 2)[1], 2 * two, rtol=1e-2, atol=1e-3)
+        assert torch.equal(run(ours, 3)[1], run(plain, 3)[1])
+        ours.head8 = kept
     ours.use_int4(1)
     assert torch.equal(run(ours, 2)[1], run(plain, 2)[1])
     ours.int4_rows = 0
-    assert all(layer.int4 is None for layer in ours.layers)
+    assert all(layer.int4 is None for layer in ours.layers) and ours.head8 is None
     with pytest.raises(ValueError, match="not built"):
         ours.use_int4(1)
-    with pytest.raises(ValueError, match="bf16"):
-        llama_from_transformers(build("llama")).int4_rows = 1  # (float32)
+    with pytest.raises(ValueError, match="bf16 or float32"):
+        llama_from_transformers(build("llama").half()).int4_rows = 1

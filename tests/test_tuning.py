@@ -32,16 +32,15 @@ from bot.generation.tuning import (
     choose_products,
     choose_ways,
 )
-from bot.generation.ways import ATTENTION, available_products
+from bot.generation.ways import ATTENTION, available_products, int8_available
 from bot.generation.weights import (
-    cached_model_dir,
     int4_cache_file,
     llama_from_transformers,
     read_int4,
     write_int4,
 )
-from tests.conftest import model_settings
-from tests.test_llama import bf16_model, build
+from tests.conftest import embedded_model_dir, model_settings
+from tests.test_llama import build, small_model
 
 # Quiet times of a pass (ms): the products' way plus the attention's way. Packed is the
 # fastest when it is offered, else linear; SDPA beats the written-out attention.
@@ -80,7 +79,9 @@ class Planned:
 
 @pytest.fixture
 def model() -> LlamaModel:
-    """A small random model: setting a way converts its weights for real."""
+    """A small random model: setting a way converts its weights for real. (float32,
+    which can hold 4-bit weights too: the tests with it measure the products and the
+    attention alone, `int4=False`; the 4-bit limit's own tests use `bf16`.)"""
     ours = llama_from_transformers(build("llama"))
     assert ours is not None
     return ours
@@ -119,7 +120,7 @@ def test_a_busy_spell_is_measured_again_and_not_remembered(
     spell has passed, and the steady one is remembered."""
     spell = range(3, 3 + PRODUCT_PASSES // 2)  # the first measurement of the products
     timer = Planned(load=lambda n: 2.5 if n in spell else 1.0)
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == 2 * PRODUCT_PASSES + ATTENTION_PASSES
     assert (model.products, model.attention) == (BEST, "sdpa")
     entry = remembered(tmp_path)
@@ -135,26 +136,26 @@ def test_a_machine_busy_throughout_is_not_remembered(model: LlamaModel, tmp_path
     of each round: a wrong choice), nothing is remembered, and the next start measures
     again."""
     timer = Planned(load=lambda n: 2.5 if n % 2 else 1.0)
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == ATTEMPTS * MEASURED
     assert model.products in OFFERED and model.attention in ATTENTION
     assert not (tmp_path / PRODUCTS_FILE).exists()
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == 2 * ATTEMPTS * MEASURED
 
 
 def test_a_remembered_choice_is_used_after_a_check(model: LlamaModel, tmp_path: Path) -> None:
     timer = Planned()
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == MEASURED
     model.products, model.attention = "transposed", "matmul"
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == MEASURED + CHECKED  # checked, not measured
     assert timer.ways[-1] == (BEST, "sdpa")  # with the remembered ways
     assert (model.products, model.attention) == (BEST, "sdpa")
     # A busy start (the check far slower than the record) keeps the record.
     busy = Planned(load=lambda n: 3.0)
-    choose_ways(model, 4, tmp_path, timer=busy)
+    choose_ways(model, 4, tmp_path, timer=busy, int4=False)
     assert busy.passes == CHECKED and (model.products, model.attention) == (BEST, "sdpa")
 
 
@@ -164,7 +165,7 @@ def test_a_record_taken_on_a_busier_machine_is_measured_again(
     """The issue's record: written while the machine was loaded (a pass "took" 104 ms
     that takes 42 quiet) and with the ways that load favoured. The check at the next
     start is far faster than the record: it is measured again and replaced."""
-    choose_ways(model, 4, tmp_path, timer=Planned())
+    choose_ways(model, 4, tmp_path, timer=Planned(), int4=False)
     path = tmp_path / PRODUCTS_FILE
     (key,) = json.loads(path.read_text())
     loaded = {
@@ -175,7 +176,7 @@ def test_a_record_taken_on_a_busier_machine_is_measured_again(
     }  # fmt: skip
     path.write_text(json.dumps({key: loaded}))
     quiet = Planned()
-    choose_ways(model, 4, tmp_path, timer=quiet)
+    choose_ways(model, 4, tmp_path, timer=quiet, int4=False)
     assert quiet.ways[0] == ("transposed", "matmul")  # the check: 70 ms, not 175
     assert quiet.passes == CHECKED + MEASURED
     assert (model.products, model.attention) == (BEST, "sdpa")
@@ -228,12 +229,12 @@ def damaged(entry: dict[str, Any], how: str) -> dict[str, Any]:
 def test_a_record_that_is_not_valid_is_measured_again(
     model: LlamaModel, tmp_path: Path, how: str
 ) -> None:
-    choose_ways(model, 4, tmp_path, timer=Planned())
+    choose_ways(model, 4, tmp_path, timer=Planned(), int4=False)
     path = tmp_path / PRODUCTS_FILE
     key, entry = next(iter(json.loads(path.read_text()).items()))
     path.write_text(json.dumps({key: damaged(entry, how)}))
     timer = Planned()
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == MEASURED
     again = remembered(tmp_path)
     assert (again["products"], again["attention"], again["steady"]) == (BEST, "sdpa", True)
@@ -243,18 +244,18 @@ def test_a_record_that_is_not_valid_is_measured_again(
 def test_a_damaged_or_unwritable_cache_is_measured_again(model: LlamaModel, tmp_path: Path) -> None:
     timer = Planned()
     (tmp_path / PRODUCTS_FILE).write_text("{not json")
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == MEASURED and remembered(tmp_path)["products"] == BEST
     (tmp_path / PRODUCTS_FILE).write_text("[1, 2]")
-    choose_ways(model, 4, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
     assert timer.passes == 2 * MEASURED
     # A cache that cannot be written: measured, used, and measured again next time.
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     model.products = "transposed"
-    choose_ways(model, 4, blocked / "cache", timer=timer)
+    choose_ways(model, 4, blocked / "cache", timer=timer, int4=False)
     assert model.products == BEST and timer.passes == 3 * MEASURED
-    choose_ways(model, 4, blocked / "cache", timer=timer)
+    choose_ways(model, 4, blocked / "cache", timer=timer, int4=False)
     assert timer.passes == 4 * MEASURED
 
 
@@ -262,8 +263,8 @@ def test_each_batch_width_and_dtype_has_a_record_of_its_own(
     model: LlamaModel, tmp_path: Path
 ) -> None:
     timer = Planned()
-    choose_ways(model, 4, tmp_path, timer=timer)
-    choose_ways(model, 8, tmp_path, timer=timer)
+    choose_ways(model, 4, tmp_path, timer=timer, int4=False)
+    choose_ways(model, 8, tmp_path, timer=timer, int4=False)
     keys = list(json.loads((tmp_path / PRODUCTS_FILE).read_text()))
     assert timer.passes == 2 * MEASURED and len(keys) == 2
     assert all("float32" in k and "2 layers of 64" in k for k in keys)
@@ -303,7 +304,7 @@ def test_loading_chooses_the_ways_for_the_engine_in_the_model_cache(
         model.products, model.attention = "transposed", "sdpa"
 
     monkeypatch.setattr(tuning, "choose_ways", chosen)
-    directory = cached_model_dir(model_settings().cache_dir)  # converted already
+    directory = embedded_model_dir()
     settings = model_settings().model_copy(update={"cache_dir": tmp_path, "path": directory})
     gen = LocalGenerator.load(settings, max_batch=12)
     try:
@@ -338,7 +339,7 @@ class PlannedInt4(Planned):
 @pytest.fixture
 def bf16() -> LlamaModel:
     """A small random bf16 model (skipped where torch has no 4-bit kernel)."""
-    return bf16_model()
+    return small_model(torch.bfloat16)
 
 
 def test_4bit_weights_are_used_up_to_the_rows_where_they_were_faster(
@@ -393,7 +394,7 @@ def test_the_4bit_weights_are_kept_for_the_next_start(
 ) -> None:
     """Built at the first start where the engine uses them, into the model cache; read
     back at the next start instead of built again."""
-    directory = cached_model_dir(model_settings().cache_dir)  # converted already
+    directory = embedded_model_dir()
     settings = model_settings().model_copy(
         update={"cache_dir": tmp_path, "path": directory, "dtype": "bfloat16"}
     )
@@ -408,9 +409,10 @@ def test_the_4bit_weights_are_kept_for_the_next_start(
         if not first.fast.int4_available():
             pytest.skip("no 4-bit kernel in this torch")
         built = [layer.int4 for layer in first.fast.layers]
+        head = first.fast.head8
     finally:
         first.close()
-    assert int4_cache_file(tmp_path, directory).is_file()
+    assert int4_cache_file(tmp_path, directory, torch.bfloat16).is_file()
     monkeypatch.setattr(llama, "quantize_int4", lambda weight: pytest.fail("built again"))
     second = LocalGenerator.load(settings, max_batch=4)
     try:
@@ -420,6 +422,11 @@ def test_the_4bit_weights_are_kept_for_the_next_start(
             for x, y in zip(a, b, strict=True):
                 assert torch.equal(x.packed, y.packed)
                 assert torch.equal(x.scales_zeros, y.scales_zeros)
+        again = second.fast.head8  # the output layer's 8-bit rows too
+        assert (head is None) == (again is None) == (not int8_available())
+        if head is not None and again is not None:
+            assert torch.equal(head.levels, again.levels)
+            assert torch.equal(head.scales, again.scales)
     finally:
         second.close()
 
@@ -468,13 +475,13 @@ def test_kept_4bit_weights_replace_their_model_s_older_ones_and_a_failed_write_i
     directory = tmp_path / "model"
     directory.mkdir()
     (directory / "config.json").write_text("{}")
-    first = int4_cache_file(tmp_path / "cache", directory)
-    assert first == int4_cache_file(tmp_path / "cache", directory)  # (the same key)
+    first = int4_cache_file(tmp_path / "cache", directory, torch.bfloat16)
+    assert first == int4_cache_file(tmp_path / "cache", directory, torch.bfloat16)  # (the same key)
     write_int4(model, first)
     other = tmp_path / "cache" / "int4" / "another-model.safetensors"
     other.write_bytes(b"")
     (directory / "config.json").write_text('{"changed": true}')
-    second = int4_cache_file(tmp_path / "cache", directory)
+    second = int4_cache_file(tmp_path / "cache", directory, torch.bfloat16)
     assert second != first and second.name.split("-")[0] == first.name.split("-")[0]
     write_int4(model, second)
     assert second.is_file() and not first.exists() and other.exists()

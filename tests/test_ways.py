@@ -24,8 +24,8 @@ from bot.generation.kv import Segment
 from bot.generation.llama import LlamaModel
 from bot.generation.local import LocalGenerator
 from bot.generation.ways import ATTENTION, PRODUCTS, available_products
-from bot.generation.weights import cached_model_dir, llama_from_directory
-from tests.conftest import model_settings
+from bot.generation.weights import llama_from_directory
+from tests.conftest import embedded_model_dir
 from tests.test_batching import GREEDY, QUESTIONS, assert_greedy, chat, decode, float32
 
 WAYS = list(itertools.product(PRODUCTS, ATTENTION))
@@ -51,7 +51,7 @@ def lone() -> Iterator[LocalGenerator]:
 
 
 def engine_model(dtype: torch.dtype) -> LlamaModel:
-    model = llama_from_directory(cached_model_dir(model_settings().cache_dir), dtype, "cpu")
+    model = llama_from_directory(embedded_model_dir(), dtype, "cpu")
     assert model is not None
     return model
 
@@ -153,17 +153,20 @@ def test_each_way_keeps_bf16_logits_near_the_float32_logits(
     assert worst <= BF16_BOUND, f"{products}, {attention}: a logit {worst:.3f} from float32"
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "float32"])
 def test_4bit_decode_passes_stay_near_the_float32_logits(
-    bf16_model: LlamaModel, texts: list[Text]
+    dtype: str, request: pytest.FixtureRequest, texts: list[Text]
 ) -> None:
     """The layers' weights in 4-bit groups (`LlamaModel.int4_rows`: decode passes of few
-    rows): the same texts as above, the prompts read with the bf16 weights, then four
-    rows decoding with the 4-bit ones. The embedded model's layers are 4-bit at their
-    source, so its logits stay within the bf16 bound, and the reply tokens are as
-    likely as with bf16 weights (their mean log-likelihood, the log of perplexity)."""
-    if not bf16_model.int4_available():
+    rows): the same texts as above, the prompts read with the model's own weights, then
+    four rows decoding with the 4-bit ones (which multiply bf16 rows, in a float32
+    model too). The embedded model's layers are 4-bit at their source, so its logits
+    stay within the bf16 bound, and the reply tokens are as likely as with the dtype's
+    weights (their mean log-likelihood, the log of perplexity)."""
+    model = request.getfixturevalue(f"{dtype}_model")
+    if not model.int4_available():
         pytest.skip("no 4-bit kernel in this torch")
-    model = pinned(bf16_model, "linear", "matmul")
+    model = pinned(model, "linear", "matmul")
     prompts = [p for p, _, _ in texts]
     n = [len(p) for p in prompts]
 
@@ -205,8 +208,8 @@ def test_4bit_decode_passes_stay_near_the_float32_logits(
         )
         > 0
     )  # (the 4-bit weights were used)
-    four, sixteen = mean_log_likelihood(quantized), mean_log_likelihood(dense)
-    print(f"4-bit: logits at most {worst:.3f} from float32; log-likelihood {four:.4f}, "
-          f"bf16 {sixteen:.4f}")  # fmt: skip
+    four, own = mean_log_likelihood(quantized), mean_log_likelihood(dense)
+    print(f"4-bit in {dtype}: logits at most {worst:.3f} from float32; log-likelihood "
+          f"{four:.4f}, {dtype} weights {own:.4f}")  # fmt: skip
     assert worst <= BF16_BOUND
-    assert four >= sixteen - 0.05
+    assert four >= own - 0.05

@@ -35,11 +35,15 @@ from bot.generation.ways import (
     INT4_PRODUCTS,
     PRODUCT_WAYS,
     Int4Weight,
+    Int8Rows,
     Products,
     int4_available,
+    int8_available,
+    int8_linear,
     pack,
     packing_available,
     quantize_int4,
+    quantize_int8,
     unpack,
 )
 
@@ -196,6 +200,8 @@ class LlamaModel:
         self._products = PRODUCT_WAYS["linear"]
         self._attend_decoding = ATTENTION_WAYS["matmul"]
         self._int4_rows = 0
+        # The output layer in 8-bit rows, for the passes that use the 4-bit weights.
+        self.head8: Int8Rows | None = None
 
     @property
     def products(self) -> str:
@@ -242,10 +248,13 @@ class LlamaModel:
     def int4_rows(self) -> int:
         """Decode passes of at most this many rows (and no prompt tokens) multiply by
         the layers' weights in 4-bit groups (`ways.quantize_int4`), kept beside the
-        dtype's (about a third more memory for weights); 0: never. Prompt chunks and
-        wider passes, and the output layer always, use the dtype's weights: the 4-bit
-        kernel reads a quarter of the bytes, but dequantizes for every row, so it pays
-        only on passes of few rows (bot/generation/tuning.py measures how few).
+        dtype's (about a third more memory for bf16 weights, a sixth for float32); 0:
+        never. Prompt chunks and wider passes, and the output layer always, use the
+        dtype's weights: the 4-bit kernel reads a quarter of bf16's bytes (an eighth of
+        float32's), but dequantizes for every row, so it pays only on passes of few rows
+        (bot/generation/tuning.py measures how few). It multiplies bf16 rows
+        (`ways.Int4Products`), so a float32 model's decode passes round their rows to
+        bf16 for the layers' products.
 
         The embedded model's layers are 4-bit at their source, groups of 32 along the
         input as here: its perplexity on a fixed text moved by under 1% (docs/engine.md)."""
@@ -260,26 +269,32 @@ class LlamaModel:
         if rows and self.layers[0].int4 is None:
             if not self.int4_available():
                 raise ValueError(
-                    "4-bit weights need bf16 weights on a CPU whose torch has the kernel"
+                    "4-bit weights need bf16 or float32 weights on a CPU whose torch has the kernel"
                 )
             for layer in self.layers:
                 dense = (unpack(w) for w in (layer.qkv, layer.out, layer.gate_up, layer.down))
                 q, o, gu, d = (quantize_int4(w) for w in dense)
                 layer.int4 = (q, o, gu, d)
+            self.head8 = quantize_int8(unpack(self.lm_head)) if int8_available() else None
         elif not rows:
             for layer in self.layers:
                 layer.int4 = None
+            self.head8 = None
         self._int4_rows = rows
 
     def give_int4(
-        self, weights: list[tuple[Int4Weight, Int4Weight, Int4Weight, Int4Weight]]
+        self,
+        weights: list[tuple[Int4Weight, Int4Weight, Int4Weight, Int4Weight]],
+        head: Int8Rows | None,
     ) -> None:
         """Take 4-bit weights built earlier (kept on disk: bot/generation/weights.py), one
-        (qkv, out, gate_up, down) per layer, to be used once `int4_rows` is set."""
+        (qkv, out, gate_up, down) per layer, and the 8-bit output layer, to be used once
+        `int4_rows` is set."""
         if len(weights) != len(self.layers):
             raise ValueError(f"4-bit weights for {len(weights)} layers, not {len(self.layers)}")
         for layer, four in zip(self.layers, weights, strict=True):
             layer.int4 = four
+        self.head8 = head
 
     def use_int4(self, rows: int) -> None:
         """Use the 4-bit weights built already up to `rows` rows (0: not at all), keeping
@@ -291,7 +306,7 @@ class LlamaModel:
     def int4_available(self) -> bool:
         """Whether this model's layers can be held in 4-bit groups here."""
         first = self.layers[0]
-        return self.dtype == torch.bfloat16 and all(
+        return self.dtype in (torch.bfloat16, torch.float32) and all(
             int4_available(w) for w in (first.qkv, first.out, first.gate_up, first.down)
         )
 
@@ -392,6 +407,8 @@ class LlamaModel:
             offset += s.count
             last.append(offset - 1)
         x = self._norm(x[torch.tensor(last, device=device)], self.norm)
+        if quick and self.head8 is not None:
+            return int8_linear(x, self.head8)
         return products.linear(x, self.lm_head, None)
 
     def _masks(self, segments: list[Segment], decoding: int, capacity: int) -> list[Tensor | None]:

@@ -238,7 +238,7 @@ class LocalGenerator:
                 fast = _engine_model_of(built[0])
             if device == "cpu":
                 int4 = settings.int4 == "auto" and fast.int4_available()
-                kept = int4_cache_file(settings.cache_dir, directory) if int4 else None
+                kept = int4_cache_file(settings.cache_dir, directory, dtype) if int4 else None
                 had = kept is not None and read_int4(fast, kept)
                 choose_ways(fast, min(max_batch, 8), settings.cache_dir, int4=int4)
                 if kept is not None and fast.int4_rows and not had:

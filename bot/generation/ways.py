@@ -135,11 +135,11 @@ class Int4Weight:
 
 
 def int4_available(weight: Tensor) -> bool:
-    """Whether `weight` can be held in 4-bit groups here: a bf16 matrix on a CPU whose
-    torch has the kernel, with a whole number of groups per row."""
+    """Whether `weight` can be held in 4-bit groups here: a bf16 or float32 matrix on a
+    CPU whose torch has the kernel, with a whole number of groups per row."""
     return (
         weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
+        and weight.dtype in (torch.bfloat16, torch.float32)
         and weight.dim() == 2
         and weight.shape[1] % INT4_GROUP == 0
         and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
@@ -186,6 +186,7 @@ def dequantize_int4(weight: Int4Weight, inputs: int) -> Tensor:
 
 
 def int4_linear(x: Tensor, weight: Int4Weight) -> Tensor:
+    """x @ W^T for bf16 rows `x`, in bf16."""
     out: Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
         x.contiguous(), weight.packed, INT4_GROUP, weight.scales_zeros
     )
@@ -194,15 +195,59 @@ def int4_linear(x: Tensor, weight: Int4Weight) -> Tensor:
 
 class Int4Products(Products):
     """The products of a decode pass with the layers' weights in 4-bit groups (a quarter
-    of the bytes of bf16 read from memory; the dequantizing costs arithmetic per row, so
-    it pays on passes of few rows: bot/generation/tuning.py measures up to how many)."""
+    of the bytes of bf16 read from memory, an eighth of float32's; the dequantizing
+    costs arithmetic per row, so it pays on passes of few rows: bot/generation/tuning.py
+    measures up to how many).
+
+    The rows are multiplied in bf16 whatever the model's dtype: torch's kernel has its
+    fast path for bf16 rows with bf16 scales only (float32 rows took three to four times
+    as long as float32's own products on an AVX2 machine, bf16 rows less than half as
+    long: docs/engine.md). A float32 model's rows are rounded to bf16 for the product
+    and its result comes back in float32."""
 
     def linear(self, x: Tensor, weight: Any, bias: Tensor | None) -> Tensor:
-        out = int4_linear(x, weight)
+        out = int4_linear(x.to(torch.bfloat16), weight).to(x.dtype)
         return out if bias is None else out + bias
+
+    def mlp(self, h: Tensor, gate_up: Any, down: Any) -> Tensor:
+        gate, up = int4_linear(h.to(torch.bfloat16), gate_up).chunk(2, dim=-1)
+        return int4_linear(F.silu(gate) * up, down).to(h.dtype)  # (no float32 between)
 
 
 INT4_PRODUCTS = Int4Products()
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Rows:
+    """A weight matrix (out, in) as int8 levels, one bf16 scale per output row, for
+    torch's `_weight_int8pack_mm`: the output layer of a narrow decode pass."""
+
+    levels: Tensor  # (out, in) int8
+    scales: Tensor  # (out,) bf16
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.levels.nbytes + self.scales.nbytes)
+
+
+def int8_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def quantize_int8(weight: Tensor) -> Int8Rows:
+    """Each row as 255 evenly spaced levels from -max to max of its magnitudes."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp_(min=torch.finfo(torch.bfloat16).tiny)
+    levels = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return Int8Rows(levels.contiguous(), scale.to(torch.bfloat16))
+
+
+def int8_linear(x: Tensor, weight: Int8Rows) -> Tensor:
+    """x @ W^T, the rows rounded to bf16 (the kernel's fast path), in x's dtype."""
+    out: Tensor = torch.ops.aten._weight_int8pack_mm(
+        x.to(torch.bfloat16).contiguous(), weight.levels, weight.scales
+    )
+    return out.to(x.dtype)
 
 
 # How the decoding rows (one query each) attend to their cached keys and values. Each

@@ -295,19 +295,20 @@ INT4_FIELDS = ("packed", "scales_zeros")
 INT4_METHOD = "min-max levels v1"
 
 
-def int4_cache_file(cache_dir: Path, directory: Path) -> Path:
-    """Where the 4-bit weights of the model in `directory` are kept between starts
-    (building them takes about a second for the embedded model): named by a digest of
-    the directory, then one of its config and every other file in it (name, size,
-    modification time), torch's version and the CPU (the packed layout is the
-    kernel's), the group size and the method."""
+def int4_cache_file(cache_dir: Path, directory: Path, dtype: torch.dtype) -> Path:
+    """Where the 4-bit weights of the model in `directory`, loaded in `dtype`, are kept
+    between starts (building them takes about a second for the embedded model): named by
+    a digest of the directory, then one of its config and every other file in it (name,
+    size, modification time), the dtype they were built from (float32 weights that bf16
+    cannot hold make other groups), torch's version and the CPU (the packed layout is
+    the kernel's), the group size and the method."""
     import torch
 
     from bot.generation.tuning import cpu_name
     from bot.generation.ways import INT4_GROUP
 
     place = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
-    parts = [torch.__version__, cpu_name(), f"group {INT4_GROUP}", INT4_METHOD]
+    parts = [torch.__version__, cpu_name(), str(dtype), f"group {INT4_GROUP}", INT4_METHOD]
     for file in sorted(directory.iterdir()):
         if file.is_file():
             stat = file.stat()
@@ -316,13 +317,21 @@ def int4_cache_file(cache_dir: Path, directory: Path) -> Path:
     return cache_dir / "int4" / f"{place}-{digest}.safetensors"
 
 
+# The output layer's 8-bit rows (`LlamaModel.head8`), kept beside the 4-bit layers where
+# torch has the kernel: the levels (int8) and the scales (bf16).
+HEAD8_NAMES = {"head.levels": "int8", "head.scales": "bfloat16"}
+
+
 def _int4_names(model: LlamaModel) -> list[str]:
-    return [
+    from bot.generation.ways import int8_available
+
+    layers = [
         f"{i}.{part}.{field}"
         for i in range(len(model.layers))
         for part in INT4_PARTS
         for field in INT4_FIELDS
     ]
+    return layers + list(HEAD8_NAMES) if int8_available() else layers
 
 
 def read_int4(model: LlamaModel, path: Path) -> bool:
@@ -330,7 +339,7 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
     `LlamaModel.int4_rows`); False when there are none, or they do not fit the model."""
     import torch
 
-    from bot.generation.ways import Int4Weight, quantized_shapes
+    from bot.generation.ways import Int4Weight, Int8Rows, quantized_shapes
 
     try:
         stored = safetensors_index(path)
@@ -341,7 +350,15 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
         return False
     shapes = quantized_shapes(model)
     dtypes = {"packed": torch.uint8, "scales_zeros": torch.bfloat16}
+    vocab, hidden = model.lm_head.shape
     for name in names:
+        if name in HEAD8_NAMES:
+            shape = (vocab, hidden) if name == "head.levels" else (vocab,)
+            if stored[name].shape != shape or stored[name].dtype != getattr(
+                torch, HEAD8_NAMES[name]
+            ):
+                return False
+            continue
         part, field = name.split(".")[1:]
         if stored[name].shape != shapes[part][INT4_FIELDS.index(field)]:
             return False
@@ -352,13 +369,18 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
         read_into(stored, targets)
     except (OSError, ValueError):
         return False
+    head = (
+        Int8Rows(targets["head.levels"], targets["head.scales"])
+        if "head.levels" in targets
+        else None
+    )
     model.give_int4([
         tuple(  # type: ignore[misc]
             Int4Weight(targets[f"{i}.{part}.packed"], targets[f"{i}.{part}.scales_zeros"])
             for part in INT4_PARTS
         )
         for i in range(len(model.layers))
-    ])  # fmt: skip
+    ], head)  # fmt: skip
     return True
 
 
@@ -375,6 +397,8 @@ def write_int4(model: LlamaModel, path: Path) -> None:
         for part, weight in zip(INT4_PARTS, layer.int4, strict=True):
             tensors[f"{i}.{part}.packed"] = weight.packed
             tensors[f"{i}.{part}.scales_zeros"] = weight.scales_zeros
+    if model.head8 is not None:
+        tensors["head.levels"], tensors["head.scales"] = model.head8.levels, model.head8.scales
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
