@@ -159,33 +159,28 @@ class EngineCollector(Collector):
             return
         if stats is None:
             return
-        yield CounterMetricFamily(
-            f"{NS}_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-            value=stats.prefix_query_tokens,
+        counters: tuple[tuple[str, str, float], ...] = (
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+             stats.prefix_query_tokens),
+            ("prefix_cache_hits", "Prompt tokens taken from the prefix cache.",
+             stats.prefix_hit_tokens),
+            ("engine_forward_passes", "Forward passes of the batch engine.", stats.passes),
         )  # fmt: skip
-        yield CounterMetricFamily(
-            f"{NS}_prefix_cache_hits", "Prompt tokens taken from the prefix cache.",
-            value=stats.prefix_hit_tokens,
+        gauges: tuple[tuple[str, str, float], ...] = (
+            ("prefix_cache_hit_ratio",
+             "Share of the prompt tokens taken from the prefix cache, since the start.",
+             stats.prefix_hit_ratio),
+            ("engine_kv_bytes",
+             "Bytes of keys and values the batch engine's KV slab holds now (0 when idle).",
+             stats.slab_bytes),
+            ("engine_kv_slots_peak",
+             "The most replies' keys and values the KV slab has held at once.",
+             stats.slab_slots),
         )  # fmt: skip
-        yield GaugeMetricFamily(
-            f"{NS}_prefix_cache_hit_ratio",
-            "Share of the prompt tokens taken from the prefix cache, since the start.",
-            value=stats.prefix_hit_ratio,
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            f"{NS}_engine_forward_passes", "Forward passes of the batch engine.",
-            value=stats.passes,
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            f"{NS}_engine_kv_bytes",
-            "Bytes of keys and values the batch engine's KV slab holds now (0 when idle).",
-            value=stats.slab_bytes,
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            f"{NS}_engine_kv_slots_peak",
-            "The most replies' keys and values the KV slab has held at once.",
-            value=stats.slab_slots,
-        )  # fmt: skip
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(f"{NS}_{name}", documentation, value=value)
+        for name, documentation, value in gauges:
+            yield GaugeMetricFamily(f"{NS}_{name}", documentation, value=value)
 
 
 @dataclass
