@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from redis.asyncio.cluster import RedisCluster
 
 from bot.generation.base import GenerationError
@@ -180,23 +179,22 @@ def store(redis_client: RedisClient, keys: Keys) -> MemoryStore:
 # sees would depend on a measurement (taken on a busy machine, it chose other ways and
 # a greedy reply parted from the expected one after 90 characters). Pinned: the weight
 # products packed for oneDNN where this torch can (else torch's linear, in every
-# build), the written-out attention, and 4-bit weights for decode passes of up to 8
-# rows where the model is bf16 (as the bot runs where they measure faster). A float32
-# model keeps its own weights: its greedy replies are transformers' exactly, and the
-# 4-bit passes would round the rows to bf16 (test_ways.py tests them on their own).
-# Each way is tested against transformers on its own in test_ways.py.
+# build), the written-out attention, and narrow decode passes (4-bit layers, 8-bit
+# output rows) of up to 8 rows, as the bot runs where they measure faster. Each way is
+# tested against transformers on its own in test_ways.py.
 def pinned_ways(model: LlamaModel) -> tuple[str, str]:
     return ("packed" if packing_available(model.device, model.dtype) else "linear"), "matmul"
 
 
-def pin_ways(gen: LocalGenerator) -> LocalGenerator:
+def pin_ways(gen: LocalGenerator, *, narrow: bool = True) -> LocalGenerator:
     """Make a batching generator compute with the pinned ways (on its engine's thread,
-    between passes)."""
+    between passes). `narrow=False` keeps the dtype's own weights for every pass: a
+    float32 generator's greedy replies are then transformers' exactly (narrow passes
+    round their rows to bf16)."""
     engine, model = gen.engine, gen.fast
     assert engine is not None and model is not None
     ways = pinned_ways(model)
-    bf16 = model.dtype == torch.bfloat16
-    int4_rows = min(engine.max_batch, 8) if bf16 and model.int4_available() else 0
+    int4_rows = min(engine.max_batch, 8) if narrow and model.int4_available() else 0
 
     def pin() -> None:
         model.products, model.attention = ways

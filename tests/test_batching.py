@@ -66,8 +66,9 @@ def lone() -> Iterator[LocalGenerator]:
 @pytest.fixture(scope="module")
 def exact() -> Iterator[LocalGenerator]:
     """The bot's generator (batching, prefix reuse), in float32, the ways of computing
-    pinned (each way is checked on its own in test_ways.py)."""
-    gen = pin_ways(LocalGenerator.load(float32(), max_batch=8, prefix_mb=96))
+    pinned (each way is checked on its own in test_ways.py), the model's own weights in
+    every pass: its greedy replies are transformers'."""
+    gen = pin_ways(LocalGenerator.load(float32(), max_batch=8, prefix_mb=96), narrow=False)
     yield gen
     gen.close()
 
