@@ -248,16 +248,17 @@ class LlamaModel:
     def int4_rows(self) -> int:
         """Decode passes of at most this many rows (and no prompt tokens) multiply by
         the layers' weights in 4-bit groups (`ways.quantize_int4`), kept beside the
-        dtype's (about a third more memory for bf16 weights, a sixth for float32); 0:
-        never. Prompt chunks and wider passes, and the output layer always, use the
-        dtype's weights: the 4-bit kernel reads a quarter of bf16's bytes (an eighth of
-        float32's), but dequantizes for every row, so it pays only on passes of few rows
-        (bot/generation/tuning.py measures how few). It multiplies bf16 rows
-        (`ways.Int4Products`), so a float32 model's decode passes round their rows to
-        bf16 for the layers' products.
+        dtype's (about a third more memory for bf16 weights, a sixth for float32), and
+        their output layer by its 8-bit rows (`head8`); 0: never. Prompt chunks and
+        wider passes use the dtype's weights: the 4-bit kernel reads a quarter of bf16's
+        bytes (an eighth of float32's), but dequantizes for every row, so it pays only
+        on passes of few rows (bot/generation/tuning.py measures how few). Both kernels
+        multiply bf16 rows (`ways.Int4Products`, `ways.int8_linear`), so a float32
+        model's narrow passes round their rows to bf16 for those products.
 
         The embedded model's layers are 4-bit at their source, groups of 32 along the
-        input as here: its perplexity on a fixed text moved by under 1% (docs/engine.md)."""
+        input as here, and its embedding 8-bit: its perplexity on a fixed text moved by
+        about 1% at most (docs/engine.md)."""
         return self._int4_rows
 
     @int4_rows.setter
