@@ -225,10 +225,6 @@ class Int8Rows:
     levels: Tensor  # (out, in) int8
     scales: Tensor  # (out,) bf16
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.levels.nbytes + self.scales.nbytes)
-
 
 def int8_available() -> bool:
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")

@@ -317,21 +317,27 @@ def int4_cache_file(cache_dir: Path, directory: Path, dtype: torch.dtype) -> Pat
     return cache_dir / "int4" / f"{place}-{digest}.safetensors"
 
 
-# The output layer's 8-bit rows (`LlamaModel.head8`), kept beside the 4-bit layers where
-# torch has the kernel: the levels (int8) and the scales (bf16).
-HEAD8_NAMES = {"head.levels": "int8", "head.scales": "bfloat16"}
+def _int4_layout(model: LlamaModel) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The shape and dtype of every tensor a kept file of `model`'s narrow weights holds:
+    each layer's 4-bit matrices, then the output layer's 8-bit rows (`LlamaModel.head8`)
+    where torch has their kernel."""
+    import torch
 
+    from bot.generation.ways import int8_available, quantized_shapes
 
-def _int4_names(model: LlamaModel) -> list[str]:
-    from bot.generation.ways import int8_available
-
-    layers = [
-        f"{i}.{part}.{field}"
+    shapes = quantized_shapes(model)
+    dtypes = {"packed": torch.uint8, "scales_zeros": torch.bfloat16}
+    layout = {
+        f"{i}.{part}.{field}": (shapes[part][INT4_FIELDS.index(field)], dtypes[field])
         for i in range(len(model.layers))
         for part in INT4_PARTS
         for field in INT4_FIELDS
-    ]
-    return layers + list(HEAD8_NAMES) if int8_available() else layers
+    }
+    if int8_available():
+        vocab, hidden = model.lm_head.shape
+        layout["head.levels"] = ((vocab, hidden), torch.int8)
+        layout["head.scales"] = ((vocab,), torch.bfloat16)
+    return layout
 
 
 def read_int4(model: LlamaModel, path: Path) -> bool:
@@ -339,31 +345,16 @@ def read_int4(model: LlamaModel, path: Path) -> bool:
     `LlamaModel.int4_rows`); False when there are none, or they do not fit the model."""
     import torch
 
-    from bot.generation.ways import Int4Weight, Int8Rows, quantized_shapes
+    from bot.generation.ways import Int4Weight, Int8Rows
 
     try:
         stored = safetensors_index(path)
     except (OSError, ValueError):
         return False
-    names = _int4_names(model)
-    if set(stored) != set(names):
+    layout = _int4_layout(model)
+    if {name: (tuple(t.shape), t.dtype) for name, t in stored.items()} != layout:
         return False
-    shapes = quantized_shapes(model)
-    dtypes = {"packed": torch.uint8, "scales_zeros": torch.bfloat16}
-    vocab, hidden = model.lm_head.shape
-    for name in names:
-        if name in HEAD8_NAMES:
-            shape = (vocab, hidden) if name == "head.levels" else (vocab,)
-            if stored[name].shape != shape or stored[name].dtype != getattr(
-                torch, HEAD8_NAMES[name]
-            ):
-                return False
-            continue
-        part, field = name.split(".")[1:]
-        if stored[name].shape != shapes[part][INT4_FIELDS.index(field)]:
-            return False
-        if stored[name].dtype != dtypes[field]:
-            return False
+    names = list(layout)
     targets = {n: torch.empty(stored[n].shape, dtype=stored[n].dtype) for n in names}
     try:
         read_into(stored, targets)
