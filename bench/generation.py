@@ -671,9 +671,16 @@ async def run_levels(
         if llamacpp is not None and llamacpp.available:
             # The same members, conversations and messages against llama.cpp's server;
             # and the engine's memory as the bot serves that many (a fresh process).
-            level["llamacpp"] = await llamacpp.level(
+            other = await llamacpp.level(
                 users, lambda gen, u=users: run_level(gen, rig, Scope(f"llamacpp-{u}"), u, seconds)
             )
+            if other is not None and other.get("tokens_per_s"):
+                # The yardsticks of #21 both ways: the engine's speed as a share of
+                # llama.cpp's, and llama.cpp's own against the sequential baseline.
+                theirs = other["tokens_per_s"]
+                level["ratio_to_llamacpp"] = round(level["tokens_per_s"] / theirs, 2)
+                other["ratio_to_baseline"] = round(theirs / base, 2) if base else None
+            level["llamacpp"] = other
             level["serving_peak_rss_mb"] = await asyncio.to_thread(
                 serving_memory, users, min(seconds, 20.0), rig.params.max_new_tokens, rig.history
             )

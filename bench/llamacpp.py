@@ -454,8 +454,8 @@ def table(result: dict[str, Any]) -> list[str]:
         f"side by side, llama.cpp on {WEIGHTS_NAMES.get(info.get('weights', 'bf16'))} "
         f"and {info['threads']} threads "
         f"(llama.cpp {info['version'] or 'version unknown'}):",
-        "users  engine tok/s  llama.cpp tok/s  engine TTFT p50/p95  llama.cpp TTFT p50/p95"
-        "  engine MB  llama.cpp MB",
+        "users  engine tok/s  llama.cpp tok/s  engine/llama.cpp  llama.cpp x baseline"
+        "  engine TTFT p50/p95  llama.cpp TTFT p50/p95  engine MB  llama.cpp MB",
     ]
     for lv in result.get("batched", []):
         other = lv.get("llamacpp")
@@ -466,6 +466,8 @@ def table(result: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"{lv['users']:>5}  {lv['tokens_per_s']:>12}  {other['tokens_per_s']:>15}  "
+            f"{lv.get('ratio_to_llamacpp') or '-':>16}  "
+            f"{other.get('ratio_to_baseline') or '-':>20}  "
             f"{_pair(lv):>19}  {_pair(other):>22}  "
             f"{lv.get('serving_peak_rss_mb', '-'):>9}  {other['server_peak_rss_mb']:>12}"
         )

@@ -25,7 +25,7 @@ async def test_the_benchmark_reports_every_level_and_plots(
     settings = make_settings(keys, redis_url)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = await main(
-        settings, levels=[1, 3], seconds=8, max_new_tokens=4, cold=False,
+        settings, levels=[1, 3], seconds=3, max_new_tokens=4, cold=False,
         out=out, png=png, long_messages=3, at_least=2,
     )  # fmt: skip
     assert json.loads(out.read_text()) == result

@@ -254,8 +254,9 @@ async def test_no_invented_titles_across_100_requests_with_the_real_model(
     store: MemoryStore, catalog: Catalog
 ) -> None:
     # 16 requests decode at once (a wider batch than the bot's default: the same
-    # check in about half the time); two picks a request keep this within two minutes
-    # on two cores; the ranking of all five is tested above without the model.
+    # check in about half the time); one pick a request (its sentence is the model's
+    # work) keeps this near a minute on two cores without AVX-512; the ranking of all
+    # five is tested above without the model.
     wide = pin_ways(LocalGenerator.load(model_settings(), max_batch=16, prefix_mb=96))
     media = make_media(store, catalog, wide)
     media.blurb_params = GenerationParams(max_new_tokens=32, temperature=0.8, top_p=0.95,
@@ -265,7 +266,7 @@ async def test_no_invented_titles_across_100_requests_with_the_real_model(
 
     async def one(n: int) -> list[Pick]:
         async with gate:
-            return await media.recommend(SCOPE, f"u{n % 9}", rng.choice(REQUESTS), k=2)
+            return await media.recommend(SCOPE, f"u{n % 9}", rng.choice(REQUESTS), k=1)
 
     try:
         results = await asyncio.gather(*(one(n) for n in range(100)))
@@ -291,10 +292,11 @@ async def test_no_invented_titles_across_100_requests_with_the_real_model(
                 assert p.blurb.endswith(f"picked because {p.reason}.")
     # The check does not simply reject everything the model writes. How many pass
     # varies with the sampled sentences, which vary with the machine's kernels (the
-    # ways of computing are pinned) and with how the requests share passes: 29 to 45 of
-    # 200 in runs on one machine, so the floor stays well below that.
-    print(f"{from_model} of 200 sentences written by the model passed the check")
-    assert from_model >= 20
+    # ways of computing are pinned) and with how the requests share passes: 15% to 22%
+    # in runs on one machine (of two picks a request then), so the floor stays well
+    # below that.
+    print(f"{from_model} of 100 sentences written by the model passed the check")
+    assert from_model >= 5
 
 
 async def test_recommendation_asked_in_chat(
