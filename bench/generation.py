@@ -352,15 +352,32 @@ def cold_start(cache_dir: Path) -> tuple[float, float]:
     return round(first - started, 2), round(rss, 1)
 
 
-def serving_memory(members: int, seconds: float, max_new_tokens: int, history: bool) -> float:
-    """Peak RSS in MB of a fresh process loaded as the bot loads (no transformers model)
-    serving `members` members for `seconds`."""
+def reset_rss_peak() -> bool:
+    """Start this process's peak resident memory (VmHWM) again from what it holds now
+    (Linux's /proc/self/clear_refs); False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def serving_memory(
+    members: int, seconds: float, max_new_tokens: int, history: bool
+) -> dict[str, float]:
+    """A fresh process loaded as the bot loads (no transformers model) serving
+    `members` members for `seconds`: its peak RSS in MB while it started
+    (`serving_start_peak_rss_mb`: loading, and checking the remembered ways of
+    computing with an 8-row KV slab) and from then on while it served
+    (`serving_peak_rss_mb`; where the peak cannot be reset, the whole process's)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.generation", "--serve", str(members), str(seconds),
          str(max_new_tokens), "1" if history else "0"],
         capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    start, serving = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    return {"serving_peak_rss_mb": round(serving, 1), "serving_start_peak_rss_mb": round(start, 1)}
 
 
 def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> None:
@@ -376,6 +393,8 @@ def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> 
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     url = settings.redis.url.get_secret_value() if settings.redis.url else None
     prefix = "mbbench" + uuid.uuid4().hex[:8]
+    started = rss_peak_mb()
+    reset_rss_peak()
 
     async def go() -> None:
         async with open_redis(url, data_dir=settings.redis.data_dir) as client:
@@ -389,7 +408,7 @@ def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> 
 
     asyncio.run(go())
     gen.close()
-    print(f"{rss_peak_mb():.1f}", flush=True)
+    print(f"{started:.1f} {rss_peak_mb():.1f}", flush=True)
 
 
 def _first_token() -> None:
@@ -608,8 +627,10 @@ async def main(  # noqa: PLR0915 - the benchmark's steps, read top to bottom
         # model, no baseline) with eight members talking, measured apart.
         members = min(max(levels), 8)
         result["serving_members"] = members
-        result["serving_peak_rss_mb"] = await asyncio.to_thread(
-            serving_memory, members, min(seconds, 20.0), max_new_tokens, history
+        result.update(
+            await asyncio.to_thread(
+                serving_memory, members, min(seconds, 20.0), max_new_tokens, history
+            )
         )
     if out is not None:
         await asyncio.to_thread(out.write_text, json.dumps(result, indent=2) + "\n")
@@ -681,9 +702,12 @@ async def run_levels(
                 level["ratio_to_llamacpp"] = round(level["tokens_per_s"] / theirs, 2)
                 other["ratio_to_baseline"] = round(theirs / base, 2) if base else None
             level["llamacpp"] = other
-            level["serving_peak_rss_mb"] = await asyncio.to_thread(
-                serving_memory, users, min(seconds, 20.0), rig.params.max_new_tokens, rig.history
-            )
+            level.update(
+                await asyncio.to_thread(
+                    serving_memory, users, min(seconds, 20.0), rig.params.max_new_tokens,
+                    rig.history,
+                )
+            )  # fmt: skip
         out.append(level)
     return out
 
@@ -792,7 +816,7 @@ def report(result: dict[str, Any]) -> str:
         )
     for key in (
         "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",
-        "serving_peak_rss_mb",
+        "serving_peak_rss_mb", "serving_start_peak_rss_mb",
     ):  # fmt: skip
         if key in result:
             lines.append(f"{key}: {result[key]}")

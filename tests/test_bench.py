@@ -13,7 +13,14 @@ import pytest
 
 import bench.__main__ as bench_cli
 import bot.__main__ as bot_cli
-from bench.generation import CONVERSATION_TURNS, against_generate_batch, main, report
+from bench.generation import (
+    CONVERSATION_TURNS,
+    against_generate_batch,
+    main,
+    report,
+    reset_rss_peak,
+    rss_peak_mb,
+)
 from bot.generation.ways import ATTENTION, PRODUCTS
 from memory.keys import Keys
 from tests.conftest import make_settings
@@ -62,6 +69,18 @@ async def test_the_benchmark_reports_every_level_and_plots(
     assert isinstance(result["int4_rows"], int)
     assert 0 <= result["int4_rows"] <= min(result["batch_width"], 8)
     assert "x baseline" in report(result)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's /proc only")
+def test_the_peak_of_memory_starts_again_from_what_is_held_now() -> None:
+    """What `serving_memory` reports apart: a process's peak while it started (loading,
+    checking its ways of computing with a large KV slab) and its peak while serving."""
+    held = bytearray(200 * 2**20)  # 200 MB, touched
+    del held
+    before = rss_peak_mb()
+    assert before > 200
+    assert reset_rss_peak()
+    assert rss_peak_mb() < before - 150  # the freed 200 MB count no more
 
 
 def test_the_report_says_when_a_level_was_too_short() -> None:

@@ -102,7 +102,7 @@ def test_the_report_skips_the_column_and_says_why() -> None:
     assert "llama.cpp tok/s" not in text
     # With the column: one row per level with both engines side by side.
     result["llamacpp"] = {"threads": 2, "version": "1 (abc)", "model": "m.gguf"}
-    level["serving_peak_rss_mb"] = 400.0
+    level["serving_peak_rss_mb"], level["serving_start_peak_rss_mb"] = 400.0, 450.0
     level["ratio_to_llamacpp"] = 0.8
     level["llamacpp"] = {
         "tokens_per_s": 12.5, "ratio_to_baseline": 2.5, "ttft_p50_s": 0.05, "ttft_p95_s": 0.09,
@@ -111,7 +111,7 @@ def test_the_report_skips_the_column_and_says_why() -> None:
     rows = table(result)
     assert "llama.cpp tok/s" in rows[1] and "llama.cpp x baseline" in rows[1]
     assert rows[2].split() == ["1", "10.0", "12.5", "0.8", "2.5", "0.1/0.2", "s", "0.05/0.09",
-                               "s", "400.0", "300.0"]  # fmt: skip
+                               "s", "400.0", "(450.0)", "300.0"]  # fmt: skip
     assert "\n".join(rows) in report(result)
 
 
