@@ -274,8 +274,7 @@ async def test_no_invented_titles_across_100_requests_with_the_real_model(
         wide.close()
     from_model = 0
     for picks in results:
-        assert picks
-        assert len({p.title.id for p in picks}) == len(picks)
+        assert len(picks) == 1
         for p in picks:
             assert catalog.get(p.title.id) == p.title  # every title shown is a catalog entry
             assert p.blurb
