@@ -365,19 +365,22 @@ def reset_rss_peak() -> bool:
 
 def serving_memory(
     members: int, seconds: float, max_new_tokens: int, history: bool
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """A fresh process loaded as the bot loads (no transformers model) serving
-    `members` members for `seconds`: its peak RSS in MB while it started
-    (`serving_start_peak_rss_mb`: loading, and checking the remembered ways of
-    computing with an 8-row KV slab) and from then on while it served
-    (`serving_peak_rss_mb`; where the peak cannot be reset, the whole process's)."""
+    `members` members for `seconds`: the whole process's peak RSS in MB
+    (`serving_peak_rss_mb`) and, apart, its peak from the end of its start on
+    (`serving_after_start_peak_rss_mb`; None where the peak cannot be reset). The start
+    checks the remembered ways of computing with an 8-row KV slab, held for a moment."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.generation", "--serve", str(members), str(seconds),
          str(max_new_tokens), "1" if history else "0"],
         capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
-    start, serving = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
-    return {"serving_peak_rss_mb": round(serving, 1), "serving_start_peak_rss_mb": round(start, 1)}
+    whole, after = out.stdout.strip().splitlines()[-1].split()
+    return {
+        "serving_peak_rss_mb": round(float(whole), 1),
+        "serving_after_start_peak_rss_mb": None if after == "-" else round(float(after), 1),
+    }
 
 
 def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> None:
@@ -394,7 +397,7 @@ def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> 
     url = settings.redis.url.get_secret_value() if settings.redis.url else None
     prefix = "mbbench" + uuid.uuid4().hex[:8]
     started = rss_peak_mb()
-    reset_rss_peak()
+    apart = reset_rss_peak()
 
     async def go() -> None:
         async with open_redis(url, data_dir=settings.redis.data_dir) as client:
@@ -408,7 +411,9 @@ def _serve(members: int, seconds: float, max_new_tokens: int, history: bool) -> 
 
     asyncio.run(go())
     gen.close()
-    print(f"{started:.1f} {rss_peak_mb():.1f}", flush=True)
+    peak = rss_peak_mb()
+    # The whole process's peak, and the peak since the start where it could be reset.
+    print(f"{max(started, peak):.1f} {f'{peak:.1f}' if apart else '-'}", flush=True)
 
 
 def _first_token() -> None:
@@ -695,12 +700,7 @@ async def run_levels(
             other = await llamacpp.level(
                 users, lambda gen, u=users: run_level(gen, rig, Scope(f"llamacpp-{u}"), u, seconds)
             )
-            if other is not None and other.get("tokens_per_s"):
-                # The yardsticks of #21 both ways: the engine's speed as a share of
-                # llama.cpp's, and llama.cpp's own against the sequential baseline.
-                theirs = other["tokens_per_s"]
-                level["ratio_to_llamacpp"] = round(level["tokens_per_s"] / theirs, 2)
-                other["ratio_to_baseline"] = round(theirs / base, 2) if base else None
+            side_by_side_ratios(level, other, base)
             level["llamacpp"] = other
             level.update(
                 await asyncio.to_thread(
@@ -710,6 +710,20 @@ async def run_levels(
             )  # fmt: skip
         out.append(level)
     return out
+
+
+def side_by_side_ratios(
+    level: dict[str, Any], other: dict[str, Any] | None, base: float | None
+) -> None:
+    """The yardsticks of the engine beside llama.cpp, both ways: the engine's tok/s as a
+    share of llama.cpp's (`level["ratio_to_llamacpp"]`) and llama.cpp's own over the
+    sequential baseline (`other["ratio_to_baseline"]`). Nothing when llama.cpp's level
+    failed (an error, or no tokens)."""
+    theirs = (other or {}).get("tokens_per_s")
+    if other is None or not theirs:
+        return
+    level["ratio_to_llamacpp"] = round(level["tokens_per_s"] / theirs, 2)
+    other["ratio_to_baseline"] = round(theirs / base, 2) if base else None
 
 
 def sequential(batched: LocalGenerator, directory: Path) -> LocalGenerator:
@@ -816,7 +830,7 @@ def report(result: dict[str, Any]) -> str:
         )
     for key in (
         "cold_start_cached_s", "cold_start_uncached_s", "cold_start_peak_rss_mb", "peak_rss_mb",
-        "serving_peak_rss_mb", "serving_start_peak_rss_mb",
+        "serving_peak_rss_mb", "serving_after_start_peak_rss_mb",
     ):  # fmt: skip
         if key in result:
             lines.append(f"{key}: {result[key]}")

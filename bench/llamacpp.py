@@ -455,7 +455,7 @@ def table(result: dict[str, Any]) -> list[str]:
         f"and {info['threads']} threads "
         f"(llama.cpp {info['version'] or 'version unknown'}):",
         "users  engine tok/s  llama.cpp tok/s  engine/llama.cpp  llama.cpp x baseline"
-        "  engine TTFT p50/p95  llama.cpp TTFT p50/p95  engine MB (at start)  llama.cpp MB",
+        "  engine TTFT p50/p95  llama.cpp TTFT p50/p95  engine MB (after start)  llama.cpp MB",
     ]
     for lv in result.get("batched", []):
         other = lv.get("llamacpp")
@@ -469,17 +469,18 @@ def table(result: dict[str, Any]) -> list[str]:
             f"{lv.get('ratio_to_llamacpp') or '-':>16}  "
             f"{other.get('ratio_to_baseline') or '-':>20}  "
             f"{_pair(lv):>19}  {_pair(other):>22}  "
-            f"{_memory(lv):>20}  {other['server_peak_rss_mb']:>12}"
+            f"{_memory(lv):>23}  {other['server_peak_rss_mb']:>12}"
         )
     return lines
 
 
 def _memory(level: Mapping[str, Any]) -> str:
-    """The engine's serving peak, and in brackets its peak while starting."""
-    serving, start = level.get("serving_peak_rss_mb"), level.get("serving_start_peak_rss_mb")
-    if serving is None:
+    """The engine's peak, and in brackets its peak once started (see `serving_memory`)."""
+    whole = level.get("serving_peak_rss_mb")
+    after = level.get("serving_after_start_peak_rss_mb")
+    if whole is None:
         return "-"
-    return f"{serving} ({start})" if start is not None else str(serving)
+    return f"{whole} ({after})" if after is not None else str(whole)
 
 
 def _pair(level: Mapping[str, Any]) -> str:

@@ -73,8 +73,8 @@ async def test_the_benchmark_reports_every_level_and_plots(
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's /proc only")
 def test_the_peak_of_memory_starts_again_from_what_is_held_now() -> None:
-    """What `serving_memory` reports apart: a process's peak while it started (loading,
-    checking its ways of computing with a large KV slab) and its peak while serving."""
+    """What lets `serving_memory` report apart a process's peak once started (its start
+    checks its ways of computing with a large KV slab, held for a moment)."""
     held = bytearray(b"\x01") * (200 * 2**20)  # 200 MB, every page written
     del held
     before = rss_peak_mb()

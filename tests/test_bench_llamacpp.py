@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bench import llamacpp
-from bench.generation import Rig, report, run_level
+from bench.generation import Rig, report, run_level, side_by_side_ratios
 from bench.llamacpp import (
     LlamaCppError,
     bf16_gguf,
@@ -86,6 +86,21 @@ def test_the_named_server_comes_first_with_its_quantize_beside_it(binaries: Path
     assert found.quantize == binaries / "llama-quantize"
 
 
+def test_the_ratios_side_by_side_are_both_ways_and_none_when_llamacpp_failed() -> None:
+    level: dict[str, Any] = {"tokens_per_s": 30.0}
+    other: dict[str, Any] = {"tokens_per_s": 40.0}
+    side_by_side_ratios(level, other, 8.0)
+    assert level["ratio_to_llamacpp"] == 0.75 and other["ratio_to_baseline"] == 5.0
+    other = {"tokens_per_s": 40.0}
+    side_by_side_ratios(level, other, None)  # (no baseline measured)
+    assert other["ratio_to_baseline"] is None
+    for failed in ({"error": "it exited"}, {"tokens_per_s": 0.0}, None):
+        level = {"tokens_per_s": 30.0}
+        side_by_side_ratios(level, failed, 8.0)
+        assert "ratio_to_llamacpp" not in level
+        assert failed is None or "ratio_to_baseline" not in failed
+
+
 def test_the_report_skips_the_column_and_says_why() -> None:
     level = {
         "users": 1, "tokens_per_s": 10.0, "ratio_to_baseline": 2.0, "ttft_p50_s": 0.1,
@@ -102,7 +117,7 @@ def test_the_report_skips_the_column_and_says_why() -> None:
     assert "llama.cpp tok/s" not in text
     # With the column: one row per level with both engines side by side.
     result["llamacpp"] = {"threads": 2, "version": "1 (abc)", "model": "m.gguf"}
-    level["serving_peak_rss_mb"], level["serving_start_peak_rss_mb"] = 400.0, 450.0
+    level["serving_peak_rss_mb"], level["serving_after_start_peak_rss_mb"] = 450.0, 400.0
     level["ratio_to_llamacpp"] = 0.8
     level["llamacpp"] = {
         "tokens_per_s": 12.5, "ratio_to_baseline": 2.5, "ttft_p50_s": 0.05, "ttft_p95_s": 0.09,
@@ -111,7 +126,7 @@ def test_the_report_skips_the_column_and_says_why() -> None:
     rows = table(result)
     assert "llama.cpp tok/s" in rows[1] and "llama.cpp x baseline" in rows[1]
     assert rows[2].split() == ["1", "10.0", "12.5", "0.8", "2.5", "0.1/0.2", "s", "0.05/0.09",
-                               "s", "400.0", "(450.0)", "300.0"]  # fmt: skip
+                               "s", "450.0", "(400.0)", "300.0"]  # fmt: skip
     assert "\n".join(rows) in report(result)
 
 
