@@ -719,9 +719,9 @@ def side_by_side_ratios(
     share of llama.cpp's (`level["ratio_to_llamacpp"]`) and llama.cpp's own over the
     sequential baseline (`other["ratio_to_baseline"]`). Nothing when llama.cpp's level
     failed (an error, or no tokens)."""
-    theirs = (other or {}).get("tokens_per_s")
-    if other is None or not theirs:
+    if other is None or not other.get("tokens_per_s"):
         return
+    theirs = other["tokens_per_s"]
     level["ratio_to_llamacpp"] = round(level["tokens_per_s"] / theirs, 2)
     other["ratio_to_baseline"] = round(theirs / base, 2) if base else None
 
